@@ -1,0 +1,97 @@
+"""Every tandem_* Prometheus metric, in one place, on a registry passed in.
+
+Base units, `_total` / `_seconds` / `_bytes` suffixes, fixed label sets and
+explicit buckets. Gauges that describe the process (memory, queue depth) are
+read when Prometheus scrapes, through callbacks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from service.runtime.memory import device_memory, process_rss_bytes
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+SYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class ThroughputMeter:
+    """Events per second over a sliding window (thread-safe)."""
+
+    def __init__(self, window_seconds: float = 10.0) -> None:
+        self._window = window_seconds
+        self._events: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, count: int) -> None:
+        """Record ``count`` events now."""
+        with self._lock:
+            self._events.append((time.monotonic(), count))
+
+    def rate(self) -> float:
+        """Events per second in the last window."""
+        cutoff = time.monotonic() - self._window
+        with self._lock:
+            while self._events and self._events[0][0] < cutoff:
+                self._events.popleft()
+            return sum(c for _, c in self._events) / self._window
+
+
+class Metrics:
+    """The service's metrics; see README for what each one means."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter("tandem_requests_total", "RPCs finished, by method and gRPC status code.", ["rpc", "code"], registry=registry)
+        self.request_seconds = Histogram(
+            "tandem_request_duration_seconds", "RPC latency, by method.", ["rpc"], buckets=LATENCY_BUCKETS, registry=registry
+        )
+        self.time_to_first_token = Histogram(
+            "tandem_time_to_first_token_seconds", "Generate: seconds from request to the first token.", buckets=LATENCY_BUCKETS, registry=registry
+        )
+        self.generated_tokens = Counter("tandem_generated_tokens_total", "Tokens generated.", registry=registry)
+        self.trained_tokens = Counter("tandem_trained_tokens_total", "Tokens with non-zero loss weight trained on.", registry=registry)
+        self.train_steps = Counter("tandem_train_steps_total", "TrainStep calls, by outcome.", ["outcome"], registry=registry)
+        self.adapter_version = Gauge("tandem_adapter_version", "Version of the adapter being trained.", registry=registry)
+        self.lora_sync_seconds = Histogram(
+            "tandem_lora_sync_seconds", "Seconds to bring a new adapter to the engine.", buckets=SYNC_BUCKETS, registry=registry
+        )
+        self.model_load_seconds = Gauge("tandem_model_load_seconds", "Seconds the last LoadModel took.", registry=registry)
+        self.model_loaded = Gauge("tandem_model_loaded", "1 when a model is loaded.", registry=registry)
+        self.process_memory = Gauge("tandem_process_resident_memory_bytes", "Resident set size of the server.", registry=registry)
+        self.process_memory.set_function(process_rss_bytes)
+        self.gpu_memory = Gauge("tandem_gpu_memory_bytes", "Accelerator memory, by kind (allocated, reserved, total).", ["kind"], registry=registry)
+        for index, kind in enumerate(("allocated", "reserved", "total")):
+            self.gpu_memory.labels(kind).set_function(lambda i=index: device_memory()[i])
+        self._generated_rate = ThroughputMeter()
+        self._trained_rate = ThroughputMeter()
+        Gauge(
+            "tandem_generated_tokens_per_second", "Generated tokens per second over the last 10 s.", registry=registry
+        ).set_function(self._generated_rate.rate)
+        Gauge("tandem_trained_tokens_per_second", "Trained tokens per second over the last 10 s.", registry=registry).set_function(
+            self._trained_rate.rate
+        )
+        self.queue_depth = Gauge("tandem_queue_depth", "Device-loop work items waiting to start.", registry=registry)
+        self.running_requests = Gauge("tandem_running_requests", "Samples held by the engine (queued or decoding).", registry=registry)
+        self.kv_cache_usage = Gauge("tandem_kv_cache_usage_ratio", "Fraction of the engine's KV cache in use (vLLM).", registry=registry)
+
+    def bind_load_gauges(self, queue_depth: Callable[[], float], running_requests: Callable[[], float], kv_cache_usage: Callable[[], float]) -> None:
+        """Read these gauges from the runtime at scrape time."""
+        self.queue_depth.set_function(queue_depth)
+        self.running_requests.set_function(running_requests)
+        self.kv_cache_usage.set_function(kv_cache_usage)
+
+    def record_generated(self, tokens: int) -> None:
+        """Count generated tokens."""
+        self.generated_tokens.inc(tokens)
+        self._generated_rate.add(tokens)
+
+    def record_trained(self, tokens: int) -> None:
+        """Count trained tokens."""
+        self.trained_tokens.inc(tokens)
+        self._trained_rate.add(tokens)

@@ -1,0 +1,288 @@
+"""The controller: the servicer's one entry point into the runtime.
+
+It validates requests on the event loop, hands model work to the device loop
+and turns device-thread results into awaitables and async iterators. It holds
+the loaded model but never computes with it on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import torch
+
+from service.config import ServerConfig
+from service.errors import InvalidArgument, ModelNotLoaded, NotFound, ResourceExhausted, Unavailable
+from service.metrics import Metrics
+from service.runtime.device_loop import DeviceLoop
+from service.runtime.engines import BuildContext, builder_for, choose_engine
+from service.runtime.engines.base import EngineRequest
+from service.runtime.model import LoadedModel, ProgressCallback, Stopwatch, check_load_spec, load_tokenizer, pick_device, report, resolve_dtype
+from service.runtime.paths import resolve_model_dir
+from service.runtime.specs import (
+    BASE_ADAPTER,
+    GenerateSpec,
+    LoadPhase,
+    LoadProgress,
+    LoadSpec,
+    ModelDescription,
+    SampleChunk,
+    TrainResult,
+    TrainSpec,
+)
+from service.runtime.training import sequence_logprobs, train_step
+from service.runtime.validation import ModelBounds, check_adapter_selector, check_token_ids, prepare_prompts, prepare_train_sequences
+
+log = logging.getLogger(__name__)
+HEARTBEAT_SECONDS = 2.0
+
+
+class Controller:
+    """Owns the device loop and the loaded model; see the module docstring."""
+
+    def __init__(self, config: ServerConfig, metrics: Metrics) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._device = DeviceLoop()
+        self._model: LoadedModel | None = None
+        self._call_ids = itertools.count()
+        self._queued_samples = 0
+        metrics.bind_load_gauges(self._device.queue_depth, self._device.running_requests, self._kv_cache_usage)
+
+    def start(self) -> None:
+        """Start the device thread."""
+        self._device.start()
+
+    def stop(self) -> None:
+        """Finish queued work, release the model and end the device thread."""
+        self._device.stop()
+        if self._model is not None:
+            self._model.engine.shutdown()
+            self._model = None
+
+    @property
+    def loaded(self) -> bool:
+        """A model is loaded."""
+        return self._model is not None
+
+    def _require_model(self) -> LoadedModel:
+        if self._model is None:
+            raise ModelNotLoaded()
+        return self._model
+
+    def _kv_cache_usage(self) -> float:
+        model = self._model
+        return 0.0 if model is None else model.kv_cache_usage()
+
+    # --- LoadModel / UnloadModel / GetModel -------------------------------------------------
+
+    async def load_model(self, spec: LoadSpec) -> AsyncIterator[LoadProgress | ModelDescription]:
+        """Load a model, yielding progress (with heartbeats during long phases) and finally its description."""
+        check_load_spec(spec)
+        aio = asyncio.get_running_loop()
+        events: asyncio.Queue[LoadProgress] = asyncio.Queue()
+        clock = Stopwatch()
+        future = self._device.call(lambda: self._load_on_device(spec, lambda e: aio.call_soon_threadsafe(events.put_nowait, e), clock))
+        last = LoadProgress(LoadPhase.RESOLVE, "waiting for the device loop")
+        while not future.done():
+            getter = asyncio.ensure_future(events.get())
+            done, _ = await asyncio.wait({getter, future}, timeout=HEARTBEAT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                last = getter.result()
+                yield last
+            else:
+                getter.cancel()
+                if not done:
+                    yield replace(last, elapsed_seconds=clock.elapsed())
+        while not events.empty():
+            yield events.get_nowait()
+        description = future.result()
+        self._metrics.model_load_seconds.set(description.load_seconds)
+        self._metrics.model_loaded.set(1)
+        self._metrics.adapter_version.set(description.adapter_version)
+        yield description
+
+    def _load_on_device(self, spec: LoadSpec, progress: ProgressCallback, clock: Stopwatch) -> ModelDescription:
+        self._unload_on_device()
+        report(progress, clock, LoadPhase.RESOLVE, f"resolving {spec.model_name}")
+        model_dir = resolve_model_dir(spec.model_name, self._config.model_roots, self._config.cache_dir)
+        report(progress, clock, LoadPhase.TOKENIZER, "loading the tokenizer")
+        tokenizer = load_tokenizer(model_dir)
+        device = pick_device()
+        dtype = resolve_dtype(spec.dtype, device)
+        kind = choose_engine(spec.fast_inference)
+        context = BuildContext(spec, model_dir, tokenizer, dtype, device, lambda *a, **k: report(progress, clock, *a, **k))
+        built = builder_for(kind)(context)
+        trainable = [p for p in built.model.parameters() if p.requires_grad]
+        loaded = LoadedModel(
+            spec=spec,
+            model_dir=model_dir,
+            tokenizer=tokenizer,
+            model=built.model,
+            optimizer=torch.optim.AdamW(trainable, lr=1e-4),
+            trainable=trainable,
+            device=device,
+            dtype=dtype,
+            engine_kind=kind,
+            engine=built.engine,
+            bounds=ModelBounds(built.vocab_size, spec.max_seq_length, built.eos_token_ids[0]),
+            eos_token_ids=built.eos_token_ids,
+            base_weight_copies=built.base_weight_copies,
+            kv_cache_usage=built.kv_cache_usage,
+            kv_cache_bytes=built.kv_cache_bytes,
+        )
+        built.engine.sync_adapter(0)
+        loaded.load_seconds = clock.elapsed()
+        loaded.refresh_memory()
+        self._device.set_engine(built.engine)
+        self._model = loaded
+        report(progress, clock, LoadPhase.READY, f"{spec.model_name} loaded with the {kind.value} engine")
+        return loaded.describe()
+
+    def _unload_on_device(self) -> bool:
+        model, self._model = self._model, None
+        if model is None:
+            return False
+        self._device.set_engine(None)
+        model.engine.shutdown()
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return True
+
+    async def unload_model(self) -> bool:
+        """Release the model; False when none was loaded."""
+        unloaded = await self._device.call(self._unload_on_device)
+        self._metrics.model_loaded.set(0)
+        return unloaded
+
+    def describe(self) -> ModelDescription | None:
+        """The loaded model's description (cached accounting plus live process numbers), or None."""
+        model = self._model
+        return None if model is None else model.describe()
+
+    # --- Generate ---------------------------------------------------------------------------
+
+    async def generate(self, spec: GenerateSpec) -> AsyncIterator[SampleChunk]:
+        """Sample from the engine; yields chunks as the device loop produces them. Cancelling aborts the samples."""
+        model = self._require_model()
+        prompts = prepare_prompts(spec, model.tokenizer, model.bounds, self._config.limits)
+        self._check_adapter_exists(model, spec.adapter)
+        samples = len(prompts) * spec.sampling.n
+        limit = self._config.limits.max_queued_generations
+        if self._queued_samples + samples > limit:
+            raise ResourceExhausted(
+                f"{self._queued_samples} samples are queued or running and this request adds {samples}: over "
+                f"max_queued_generations={limit}; retry later"
+            )
+        call_id = next(self._call_ids)
+        requests = [
+            EngineRequest(
+                request_id=f"{call_id}-{p}-{s}",
+                prompt_index=p,
+                sample_index=s,
+                prompt_ids=tuple(ids),
+                sampling=replace(spec.sampling, n=1, seed=None if spec.sampling.seed is None else (spec.sampling.seed + s) % 2**63),
+                adapter=spec.adapter,
+            )
+            for p, ids in enumerate(prompts)
+            for s in range(spec.sampling.n)
+        ]
+        aio = asyncio.get_running_loop()
+        chunks: asyncio.Queue[SampleChunk | BaseException] = asyncio.Queue()
+        unfinished = {r.request_id for r in requests}
+        id_of = {(r.prompt_index, r.sample_index): r.request_id for r in requests}
+        started = time.perf_counter()
+        first_token = True
+        self._queued_samples += samples
+        self._device.admit(requests, lambda c: aio.call_soon_threadsafe(chunks.put_nowait, c), expected_engine=model.engine)
+        try:
+            while unfinished:
+                chunk = await chunks.get()
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                if first_token and chunk.token_ids:
+                    self._metrics.time_to_first_token.observe(time.perf_counter() - started)
+                    first_token = False
+                self._metrics.record_generated(len(chunk.token_ids))
+                if chunk.finish_reason is not None:
+                    unfinished.discard(id_of[(chunk.prompt_index, chunk.sample_index)])
+                yield chunk
+        finally:
+            self._queued_samples -= samples
+            if unfinished:
+                self._device.abort(sorted(unfinished))
+
+    def _check_adapter_exists(self, model: LoadedModel, adapter: str) -> None:
+        """Only the trained adapter ("") and the base exist until checkpoints are loaded."""
+        if adapter not in ("", BASE_ADAPTER):
+            raise NotFound(f"adapter {adapter!r} is not loaded: sample from \"\" (the trained adapter) or \"base\"")
+
+    # --- TrainStep / ComputeLogprobs ---------------------------------------------------------
+
+    async def train_step(self, spec: TrainSpec) -> TrainResult:
+        """Run one TrainStep on the device loop, after any running samples finish."""
+        model = self._require_model()
+        sequences = prepare_train_sequences(spec, model.tokenizer, model.bounds, self._config.limits)
+        queued_at = time.perf_counter()
+
+        def run() -> TrainResult:
+            self._require_same_model(model)
+            return train_step(model, sequences, spec.loss, spec.optimizer, spec.accumulate, queued_at, self._sync_adapter)
+
+        result = await self._device.call(run)
+        self._metrics.train_steps.labels(result.outcome.value).inc()
+        self._metrics.record_trained(result.tokens)
+        self._metrics.adapter_version.set(result.adapter_version)
+        return result
+
+    def _sync_adapter(self, model: LoadedModel) -> float:
+        seconds = model.engine.sync_adapter(model.state.adapter_version)
+        model.refresh_memory()
+        self._metrics.lora_sync_seconds.observe(seconds)
+        return seconds
+
+    def _require_same_model(self, model: LoadedModel) -> None:
+        if self._model is not model:
+            raise Unavailable("the model was replaced or unloaded while this request waited: send it again")
+
+    async def compute_logprobs(self, sequences: list[list[int]], adapter: str) -> tuple[list[list[float]], int]:
+        """Per-token logprobs of given sequences (entry 0 is 0) and the adapter version used."""
+        model = self._require_model()
+        check_adapter_selector("adapter", adapter)
+        self._check_adapter_exists(model, adapter)
+        for index, ids in enumerate(sequences):
+            check_token_ids(f"sequences[{index}].ids", ids, model.bounds)
+            if not 1 <= len(ids) <= model.bounds.max_seq_length:
+                raise InvalidArgument(f"sequences[{index}].ids", f"needs 1 to max_seq_length={model.bounds.max_seq_length} tokens, got {len(ids)}")
+
+        def run() -> tuple[list[list[float]], int]:
+            self._require_same_model(model)
+            return _logprobs_on_device(model, sequences, adapter)
+
+        return await self._device.call(run)
+
+
+@torch.inference_mode()
+def _logprobs_on_device(model: LoadedModel, sequences: list[list[int]], adapter: str) -> tuple[list[list[float]], int]:
+    results = []
+    for ids in sequences:  # one at a time: no padding effects, and memory bounded by one sequence
+        if len(ids) == 1:
+            results.append([0.0])
+            continue
+        input_ids = torch.tensor([ids], device=model.device)
+        mask = torch.ones_like(input_ids)
+        if adapter == BASE_ADAPTER:
+            with model.model.disable_adapter():
+                logprobs = sequence_logprobs(model.model, input_ids, mask)
+        else:
+            logprobs = sequence_logprobs(model.model, input_ids, mask)
+        results.append([0.0, *logprobs[0].tolist()])
+    return results, 0 if adapter == BASE_ADAPTER else model.state.adapter_version

@@ -1,0 +1,202 @@
+"""The device loop: the one thread that runs all model work, in order.
+
+Work arrives in one FIFO queue: calls (load, train, save ... any function of
+the model) and generation requests. Generation requests are added to the
+engine and decoded by ``engine.step()`` whenever the queue holds nothing else.
+A call is a barrier: samples already running finish first (so every sample
+comes from one adapter version), then the call runs, then generation resumes.
+So a Generate submitted after a TrainStep returned samples from the new
+adapter. Aborts skip the queue.
+
+Coroutines never touch the model: they submit work here and await futures
+that this thread completes through ``loop.call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from service.errors import Unavailable
+from service.runtime.engines.base import Engine, EngineRequest
+from service.runtime.specs import SampleChunk
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+ChunkSink = Callable[[SampleChunk | BaseException], None]
+"""Receives a sample's chunks, or the error that ended it, on the device thread."""
+
+
+@dataclass
+class _Call:
+    fn: Callable[[], Any]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass
+class _Admit:
+    requests: list[EngineRequest]
+    sink: ChunkSink
+    engine: Engine
+
+
+class DeviceLoop:
+    """Runs model work on one thread; see the module docstring."""
+
+    def __init__(self, name: str = "tandem-device") -> None:
+        self._queue: deque[_Call | _Admit] = deque()
+        self._aborts: list[str] = []
+        self._sinks: dict[str, ChunkSink] = {}
+        self._engine: Engine | None = None
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the device thread."""
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Let queued work finish, then end the thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout)
+
+    def set_engine(self, engine: Engine | None) -> None:
+        """Switch the engine generation requests go to. Call only from the device thread (inside a call)."""
+        self._engine = engine
+
+    def call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run ``fn()`` on the device thread after everything queued before it; await the result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._enqueue(_Call(fn, future, loop))
+        return future
+
+    def admit(self, requests: list[EngineRequest], sink: ChunkSink, expected_engine: Engine) -> None:
+        """Queue samples for ``expected_engine``; ``sink`` receives their chunks on the device thread.
+
+        If the model (and so the engine) changed before they are admitted, the sink gets Unavailable.
+        """
+        self._enqueue(_Admit(requests, sink, expected_engine))
+
+    def abort(self, request_ids: list[str]) -> None:
+        """Stop these samples as soon as the device thread looks (ahead of queued work)."""
+        with self._wake:
+            self._aborts.extend(request_ids)
+            self._wake.notify()
+
+    def queue_depth(self) -> int:
+        """Calls and generation batches waiting to start."""
+        return len(self._queue)
+
+    def running_requests(self) -> int:
+        """Samples the engine holds, queued or decoding."""
+        engine = self._engine
+        return 0 if engine is None else engine.running_requests()
+
+    def _enqueue(self, item: _Call | _Admit) -> None:
+        with self._wake:
+            if self._stopping:
+                raise RuntimeError("device loop is stopping")
+            self._queue.append(item)
+            self._wake.notify()
+
+    def _engine_busy(self) -> bool:
+        return self._engine is not None and self._engine.has_unfinished_requests()
+
+    def _next_item(self) -> tuple[_Call | _Admit | None, list[str]] | None:
+        """Wait for work; None means stop."""
+        with self._wake:
+            while not (self._queue or self._aborts or self._engine_busy()):
+                if self._stopping:
+                    return None
+                self._wake.wait()
+            aborts, self._aborts = self._aborts, []
+            head = self._queue[0] if self._queue else None
+            if isinstance(head, _Admit) or (isinstance(head, _Call) and not self._engine_busy()):
+                self._queue.popleft()
+                return head, aborts
+            return _DRAIN, aborts
+
+    def _run(self) -> None:
+        while (item := self._next_item()) is not None:
+            work, aborts = item
+            try:
+                self._apply_aborts(aborts)
+                if isinstance(work, _Call):
+                    self._run_call(work)
+                elif isinstance(work, _Admit):
+                    self._admit(work)
+                else:
+                    self._step_engine()
+            except Exception:  # keep the device thread alive whatever one piece of work does
+                log.exception("device loop work failed")
+
+    def _apply_aborts(self, request_ids: list[str]) -> None:
+        if not request_ids:
+            return
+        for request_id in request_ids:
+            self._sinks.pop(request_id, None)
+        if self._engine is not None:
+            self._engine.abort(request_ids)
+
+    def _admit(self, admit: _Admit) -> None:
+        if self._engine is not admit.engine:
+            admit.sink(Unavailable("the model was replaced or unloaded while this request waited: send it again"))
+            return
+        for request in admit.requests:
+            self._sinks[request.request_id] = admit.sink
+            self._engine.add_request(request)
+
+    def _step_engine(self) -> None:
+        if self._engine is None:
+            return
+        try:
+            outputs = self._engine.step()
+        except Exception as error:
+            log.exception("engine step failed; failing its running requests")
+            self._fail_running(error)
+            return
+        for request_id, chunk in outputs:
+            sink = self._sinks.get(request_id)
+            if sink is not None:
+                sink(chunk)
+            if chunk.finish_reason is not None:
+                self._sinks.pop(request_id, None)
+
+    def _fail_running(self, error: BaseException) -> None:
+        sinks, self._sinks = self._sinks, {}
+        if self._engine is not None:
+            self._engine.abort(list(sinks))
+        for sink in set(sinks.values()):
+            sink(error)
+
+    @staticmethod
+    def _run_call(call: _Call) -> None:
+        try:
+            result = call.fn()
+        except BaseException as error:  # handed to the awaiting coroutine
+            call.loop.call_soon_threadsafe(_settle, call.future, None, error)
+        else:
+            call.loop.call_soon_threadsafe(_settle, call.future, result, None)
+
+
+_DRAIN = object()
+"""Marker: the engine has work (or must drain before the next call): step it."""
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
