@@ -43,8 +43,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 9400
-    startup_model: str | None = ""
-    """Model to load at start-up: "" = the built-in tiny model, None = start empty."""
+    startup_model: str | None = "tandem/tiny"
+    """Model to load at start-up (a built-in name or a directory under a model root); None = start empty."""
     model_roots: tuple[Path, ...] = ()
     cache_dir: Path = field(default_factory=default_cache_dir)
     checkpoint_root: Path | None = None

@@ -12,7 +12,7 @@ import gc
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 import torch
@@ -53,6 +53,7 @@ class Controller:
         self._model: LoadedModel | None = None
         self._call_ids = itertools.count()
         self._queued_samples = 0
+        self._model_listeners: list[Callable[[], Awaitable[None]]] = []
         metrics.bind_load_gauges(self._device.queue_depth, self._device.running_requests, self._kv_cache_usage)
 
     def start(self) -> None:
@@ -65,6 +66,14 @@ class Controller:
         if self._model is not None:
             self._model.engine.shutdown()
             self._model = None
+
+    def on_model_change(self, listener: Callable[[], Awaitable[None]]) -> None:
+        """Await ``listener()`` on the event loop after every load and unload (readiness follows it)."""
+        self._model_listeners.append(listener)
+
+    async def _notify_model_change(self) -> None:
+        for listener in self._model_listeners:
+            await listener()
 
     @property
     def loaded(self) -> bool:
@@ -89,6 +98,7 @@ class Controller:
         events: asyncio.Queue[LoadProgress] = asyncio.Queue()
         clock = Stopwatch()
         future = self._device.call(lambda: self._load_on_device(spec, lambda e: aio.call_soon_threadsafe(events.put_nowait, e), clock))
+        future.add_done_callback(lambda _: aio.create_task(self._notify_model_change()))
         last = LoadProgress(LoadPhase.RESOLVE, "waiting for the device loop")
         while not future.done():
             getter = asyncio.ensure_future(events.get())
@@ -161,6 +171,7 @@ class Controller:
         """Release the model; False when none was loaded."""
         unloaded = await self._device.call(self._unload_on_device)
         self._metrics.model_loaded.set(0)
+        await self._notify_model_change()
         return unloaded
 
     def describe(self) -> ModelDescription | None:
@@ -235,7 +246,11 @@ class Controller:
 
         def run() -> TrainResult:
             self._require_same_model(model)
-            return train_step(model, sequences, spec.loss, spec.optimizer, spec.accumulate, queued_at, self._sync_adapter)
+            model.engine.pause_for_training()
+            try:
+                return train_step(model, sequences, spec.loss, spec.optimizer, spec.accumulate, queued_at, self._sync_adapter)
+            finally:
+                model.engine.resume_after_training()
 
         result = await self._device.call(run)
         self._metrics.train_steps.labels(result.outcome.value).inc()

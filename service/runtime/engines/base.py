@@ -9,6 +9,7 @@ the device thread.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from service.runtime.specs import SampleChunk, SamplingSpec
@@ -48,6 +49,18 @@ class Engine(Protocol):
 
     def sync_adapter(self, version: int) -> float:
         """Make the trained adapter's current weights the ones sampled; return seconds spent."""
+
+    def pause_for_training(self) -> None:
+        """Called (with no request running) before a TrainStep: e.g. release the KV cache (vLLM standby)."""
+
+    def resume_after_training(self) -> None:
+        """Called after the TrainStep, before sampling resumes: undo ``pause_for_training``."""
+
+    def add_adapter(self, name: str, adapter_dir: Path) -> None:
+        """Make a saved adapter (a PEFT checkpoint directory) available to sample from as ``name``."""
+
+    def remove_adapter(self, name: str) -> None:
+        """Forget a saved adapter added by ``add_adapter``."""
 
     def check_health(self) -> None:
         """Raise if the engine cannot serve."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import DynamicCache
@@ -83,6 +84,20 @@ class TransformersEngine:
     def sync_adapter(self, version: int) -> float:
         self._adapter_version = version
         return 0.0
+
+    def pause_for_training(self) -> None:
+        """Nothing to release: the engine holds no memory outside a running batch."""
+
+    def resume_after_training(self) -> None:
+        """Nothing to restore."""
+
+    def add_adapter(self, name: str, adapter_dir: Path) -> None:
+        """Load a saved PEFT adapter beside the trained one; samples select it by name."""
+        self._model.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=False)
+
+    def remove_adapter(self, name: str) -> None:
+        """Drop a saved adapter."""
+        self._model.delete_adapter(name)
 
     def check_health(self) -> None:
         if self._model is None:

@@ -1,0 +1,1 @@
+"""Tandem client: generated stubs in ``tandem.v1``."""

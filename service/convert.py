@@ -1,0 +1,218 @@
+"""Protobuf <-> domain conversion. Defaults are not repeated here: unset optional
+fields fall back to the domain dataclasses' defaults."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+from tandem.v1 import tandem_pb2 as pb
+
+from service.errors import InvalidArgument
+from service.runtime import specs
+
+D = TypeVar("D")
+
+DTYPE_FROM_PB = {
+    pb.D_TYPE_UNSPECIFIED: specs.DType.AUTO,
+    pb.D_TYPE_FLOAT32: specs.DType.FLOAT32,
+    pb.D_TYPE_FLOAT16: specs.DType.FLOAT16,
+    pb.D_TYPE_BFLOAT16: specs.DType.BFLOAT16,
+}
+DTYPE_TO_PB = {v: k for k, v in DTYPE_FROM_PB.items()}
+ENGINE_TO_PB = {specs.EngineKind.TRANSFORMERS: pb.ENGINE_KIND_TRANSFORMERS, specs.EngineKind.VLLM: pb.ENGINE_KIND_VLLM}
+LOSS_FROM_PB = {
+    pb.LOSS_FUNCTION_UNSPECIFIED: specs.LossFunction.CROSS_ENTROPY,
+    pb.LOSS_FUNCTION_CROSS_ENTROPY: specs.LossFunction.CROSS_ENTROPY,
+    pb.LOSS_FUNCTION_IMPORTANCE_SAMPLING: specs.LossFunction.IMPORTANCE_SAMPLING,
+    pb.LOSS_FUNCTION_PPO_CLIP: specs.LossFunction.PPO_CLIP,
+}
+PHASE_TO_PB = {phase: pb.LoadPhase.Value(f"LOAD_PHASE_{phase.name}") for phase in specs.LoadPhase}
+FINISH_TO_PB = {reason: pb.FinishReason.Value(f"FINISH_REASON_{reason.name}") for reason in specs.FinishReason}
+OUTCOME_TO_PB = {outcome: pb.StepOutcome.Value(f"STEP_OUTCOME_{outcome.name}") for outcome in specs.StepOutcome}
+
+
+def _enum(field: str, value: int, table: dict[int, Any], enum_type) -> Any:
+    if value not in table:
+        allowed = ", ".join(enum_type.Name(v) for v in table)
+        raise InvalidArgument(field, f"unknown enum value {value}; use one of {allowed}")
+    return table[value]
+
+
+def _set_fields(message: Message, domain_type: type[D], names: tuple[str, ...] | None = None, **overrides: Any) -> D:
+    """Build a domain dataclass from the message's set optional fields (unset -> dataclass default)."""
+    names = names or tuple(f.name for f in fields(domain_type) if f.name not in overrides)
+    values = {n: getattr(message, n) for n in names if message.HasField(n)}
+    return domain_type(**values, **overrides)
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+def load_spec(request: pb.LoadModelRequest) -> specs.LoadSpec:
+    """LoadModelRequest -> LoadSpec."""
+    lora_defaults = specs.LoraSpec()
+    lora = _set_fields(
+        request.lora,
+        specs.LoraSpec,
+        ("rank", "alpha", "dropout"),
+        target_modules=tuple(request.lora.target_modules) or lora_defaults.target_modules,
+    )
+    scalar_names = (
+        "max_seq_length",
+        "load_in_4bit",
+        "fast_inference",
+        "gpu_memory_utilization",
+        "max_lora_rank",
+        "float8_kv_cache",
+        "disable_log_stats",
+        "random_state",
+        "gradient_checkpointing",
+        "standby",
+        "max_loras",
+    )
+    return _set_fields(
+        request,
+        specs.LoadSpec,
+        scalar_names,
+        model_name=request.model_name or specs.TINY_MODEL_NAME,
+        dtype=_enum("dtype", request.dtype, DTYPE_FROM_PB, pb.DType),
+        lora=lora,
+    )
+
+
+def sampling_spec(message: pb.SamplingParams) -> specs.SamplingSpec:
+    """SamplingParams -> SamplingSpec."""
+    names = ("n", "temperature", "top_p", "top_k", "min_p", "max_tokens", "seed", "logprobs")
+    return _set_fields(
+        message,
+        specs.SamplingSpec,
+        names,
+        stop=tuple(message.stop),
+        stop_token_ids=tuple(message.stop_token_ids),
+        ignore_eos=message.ignore_eos,
+    )
+
+
+def generate_spec(request: pb.GenerateRequest) -> specs.GenerateSpec:
+    """GenerateRequest -> GenerateSpec."""
+    prompts = []
+    for prompt in request.prompts:
+        kind = prompt.WhichOneof("input")
+        prompts.append(
+            specs.PromptSpec(
+                text=prompt.text if kind == "text" else None,
+                token_ids=tuple(prompt.token_ids.ids) if kind == "token_ids" else None,
+            )
+        )
+    return specs.GenerateSpec(prompts=tuple(prompts), sampling=sampling_spec(request.sampling), adapter=request.adapter)
+
+
+def train_spec(request: pb.TrainStepRequest) -> specs.TrainSpec:
+    """TrainStepRequest -> TrainSpec."""
+    sequences = tuple(
+        specs.TrainSequenceSpec(
+            token_ids=tuple(s.token_ids),
+            prompt=s.prompt,
+            completion=s.completion,
+            add_eos=s.add_eos if s.HasField("add_eos") else True,
+            loss_weights=tuple(s.loss_weights),
+            advantage=s.advantage,
+            advantages=tuple(s.advantages),
+            sampler_logprobs=tuple(s.sampler_logprobs),
+        )
+        for s in request.sequences
+    )
+    loss = _set_fields(
+        request.loss,
+        specs.LossSpec,
+        ("clip_low", "clip_high"),
+        function=_enum("loss.function", request.loss.function, LOSS_FROM_PB, pb.LossFunction),
+    )
+    optimizer = _set_fields(request.optimizer, specs.OptimizerSpec)
+    return specs.TrainSpec(sequences=sequences, loss=loss, optimizer=optimizer, accumulate=request.accumulate)
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+def lora_config(lora: specs.LoraSpec) -> pb.LoraConfig:
+    """LoraSpec -> LoraConfig."""
+    return pb.LoraConfig(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=list(lora.target_modules))
+
+
+def model_info(model: specs.ModelDescription) -> pb.ModelInfo:
+    """ModelDescription -> ModelInfo."""
+    memory = pb.MemoryUsage(**{f.name: getattr(model.memory, f.name) for f in fields(model.memory)})
+    return pb.ModelInfo(
+        model_name=model.model_name,
+        engine=ENGINE_TO_PB[model.engine],
+        max_seq_length=model.max_seq_length,
+        dtype=DTYPE_TO_PB[model.dtype],
+        load_in_4bit=model.load_in_4bit,
+        vocab_size=model.vocab_size,
+        eos_token_ids=list(model.eos_token_ids),
+        lora=lora_config(model.lora),
+        max_lora_rank=model.max_lora_rank,
+        gradient_checkpointing=model.gradient_checkpointing,
+        adapter_version=model.adapter_version,
+        step=model.step,
+        accumulated_micro_batches=model.accumulated_micro_batches,
+        device=model.device,
+        memory=memory,
+        load_seconds=model.load_seconds,
+        random_state=model.random_state,
+        standby=model.standby,
+    )
+
+
+def load_event(event: specs.LoadProgress | specs.ModelDescription) -> pb.LoadModelResponse:
+    """A LoadModel stream event."""
+    if isinstance(event, specs.ModelDescription):
+        return pb.LoadModelResponse(model=model_info(event))
+    return pb.LoadModelResponse(
+        progress=pb.LoadProgress(
+            phase=PHASE_TO_PB[event.phase],
+            message=event.message,
+            done=event.done,
+            total=event.total,
+            unit=event.unit,
+            elapsed_seconds=event.elapsed_seconds,
+        )
+    )
+
+
+def sample_chunk(chunk: specs.SampleChunk) -> pb.GenerateResponse:
+    """SampleChunk -> GenerateResponse."""
+    response = pb.GenerateResponse(
+        prompt_index=chunk.prompt_index,
+        sample_index=chunk.sample_index,
+        token_ids=list(chunk.token_ids),
+        text=chunk.text,
+        logprobs=[
+            pb.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob, top=[pb.TopLogprob(token_id=t.token_id, logprob=t.logprob) for t in lp.top])
+            for lp in chunk.logprobs
+        ],
+        adapter_version=chunk.adapter_version,
+    )
+    if chunk.finish_reason is not None:
+        response.finish_reason = FINISH_TO_PB[chunk.finish_reason]
+        response.usage.CopyFrom(pb.Usage(prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens))
+    return response
+
+
+def train_response(result: specs.TrainResult) -> pb.TrainStepResponse:
+    """TrainResult -> TrainStepResponse."""
+    return pb.TrainStepResponse(
+        outcome=OUTCOME_TO_PB[result.outcome],
+        loss=result.loss,
+        grad_norm=result.grad_norm,
+        tokens=result.tokens,
+        step=result.step,
+        adapter_version=result.adapter_version,
+        accumulated_micro_batches=result.accumulated_micro_batches,
+        seconds=pb.PhaseSeconds(**{f.name: getattr(result.seconds, f.name) for f in fields(result.seconds)}),
+        clip_fraction=result.clip_fraction,
+        importance_ratio_mean=result.importance_ratio_mean,
+    )

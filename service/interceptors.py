@@ -1,0 +1,109 @@
+"""The server interceptor: domain errors -> gRPC status (one table), and per-RPC metrics.
+
+Wraps every TandemService handler. A domain error becomes its status code
+with its message; anything unexpected becomes INTERNAL with a generic
+message (the details go to the log, never to the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Any
+
+import grpc
+
+from service.errors import TandemError, status_name_for
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+SERVICE_PREFIX = "/tandem.v1.TandemService/"
+
+
+class _CallOutcome:
+    """Records one RPC's status code and latency when it ends."""
+
+    def __init__(self, metrics: Metrics, rpc: str, context: grpc.aio.ServicerContext) -> None:
+        self._metrics, self._rpc, self._context = metrics, rpc, context
+        self._started = time.perf_counter()
+        self.code = "OK"
+
+    async def fail(self, error: Exception) -> None:
+        """Abort the call with the status for ``error`` (raises grpc's abort exception)."""
+        if isinstance(error, TandemError):
+            self.code = status_name_for(error)
+            message = str(error)
+        else:
+            incident = uuid.uuid4().hex[:12]
+            log.error("unexpected error in %s (incident %s)", self._rpc, incident, exc_info=error)
+            self.code = "INTERNAL"
+            message = f"internal error (incident {incident}); the server log has the details"
+        await self._context.abort(grpc.StatusCode[self.code], message)
+
+    def cancelled(self) -> None:
+        """The client went away or its deadline passed."""
+        remaining = self._context.time_remaining()
+        self.code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+
+    def finish(self) -> None:
+        """Count the call."""
+        self._metrics.requests.labels(self._rpc, self.code).inc()
+        self._metrics.request_seconds.labels(self._rpc).observe(time.perf_counter() - self._started)
+
+
+def _wrap_unary(metrics: Metrics, rpc: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        outcome = _CallOutcome(metrics, rpc, context)
+        try:
+            return await behavior(request, context)
+        except asyncio.CancelledError:
+            outcome.cancelled()
+            raise
+        except Exception as error:
+            await outcome.fail(error)
+        finally:
+            outcome.finish()
+
+    return handle
+
+
+def _wrap_stream(metrics: Metrics, rpc: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        outcome = _CallOutcome(metrics, rpc, context)
+        try:
+            async with aclosing(behavior(request, context)) as responses:
+                async for response in responses:
+                    yield response
+        except asyncio.CancelledError:
+            outcome.cancelled()
+            raise
+        except Exception as error:
+            await outcome.fail(error)
+        finally:
+            outcome.finish()
+
+    return handle
+
+
+class ErrorsAndMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Maps domain errors to statuses and records tandem_requests_total / latency for TandemService RPCs."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(SERVICE_PREFIX):
+            return handler
+        rpc = method[len(SERVICE_PREFIX):]
+        common = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(self._metrics, rpc, handler.unary_unary), **common)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(_wrap_stream(self._metrics, rpc, handler.unary_stream), **common)
+        return handler

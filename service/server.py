@@ -1,0 +1,131 @@
+"""Server wiring: grpc.aio server, interceptors, health, reflection, metrics port, signals.
+
+Shutdown (SIGTERM or SIGINT): health goes NOT_SERVING, the server stops
+accepting calls and lets running ones finish within the grace period, then the
+device loop finishes its queue and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from prometheus_client import CollectorRegistry, start_http_server
+from tandem.v1 import tandem_pb2, tandem_pb2_grpc
+
+from service.config import ServerConfig
+from service.interceptors import ErrorsAndMetricsInterceptor
+from service.metrics import Metrics
+from service.runtime.controller import Controller
+from service.runtime.specs import LoadSpec, ModelDescription
+from service.servicer import TandemServicer
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = tandem_pb2.DESCRIPTOR.services_by_name["TandemService"].full_name
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+@dataclass
+class RunningServer:
+    """A started server and what it is bound to."""
+
+    server: grpc.aio.Server
+    controller: Controller
+    health: health.aio.HealthServicer
+    port: int
+    metrics_port: int
+    metrics_http: object
+
+    async def set_ready(self) -> None:
+        """Readiness follows whether a model is loaded."""
+        status = health_pb2.HealthCheckResponse.SERVING if self.controller.loaded else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set(SERVICE_NAME, status)
+
+    async def shutdown(self, grace_seconds: float) -> None:
+        """Stop serving, drain within the grace period, release the model."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_seconds)
+        await asyncio.to_thread(self.controller.stop)
+        self.metrics_http.shutdown()
+
+
+def _add_reflection(server: grpc.aio.Server) -> None:
+    """Reflection v1alpha, and v1 on the same servicer (the two protocols differ only in package name)."""
+    names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)
+    reflection.enable_server_reflection(names, server)
+    servicer = reflection.aio.ReflectionServicer(names)
+    v1_handler = grpc.method_handlers_generic_handler(
+        REFLECTION_V1,
+        {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                servicer.ServerReflectionInfo,
+                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+            )
+        },
+    )
+    server.add_generic_rpc_handlers((v1_handler,))
+
+
+async def start_server(config: ServerConfig) -> RunningServer:
+    """Build and start everything; returns once the ports are bound (the start-up model loads in the background)."""
+    metrics = Metrics(CollectorRegistry())
+    controller = Controller(config, metrics)
+    controller.start()
+    limits = config.limits
+    server = grpc.aio.server(
+        interceptors=[ErrorsAndMetricsInterceptor(metrics)],
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+        options=[
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
+        ],
+    )
+    tandem_pb2_grpc.add_TandemServiceServicer_to_server(TandemServicer(controller), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    _add_reflection(server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    metrics_http, _ = start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
+    await server.start()
+    running = RunningServer(server, controller, health_servicer, port, metrics_http.server_port, metrics_http)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await running.set_ready()
+    controller.on_model_change(running.set_ready)
+    return running
+
+
+async def load_startup_model(running: RunningServer, model_name: str) -> None:
+    """Load the configured model at start-up, logging progress; a failure leaves the server up and not ready."""
+    try:
+        async for event in running.controller.load_model(LoadSpec(model_name=model_name)):
+            if isinstance(event, ModelDescription):
+                log.info("model %s ready (%s engine, %.1f s)", event.model_name, event.engine.value, event.load_seconds)
+            else:
+                log.info("loading: %s: %s", event.phase.value, event.message)
+    except Exception:
+        log.exception("start-up model %r failed to load; the server stays up and not ready", model_name)
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    running = await start_server(config)
+    print(f"tandem: gRPC on {config.host}:{running.port}, metrics on http://{config.host}:{running.metrics_port}/metrics", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    startup = None
+    if config.startup_model is not None:
+        startup = asyncio.create_task(load_startup_model(running, config.startup_model))
+    await stop.wait()
+    log.info("shutting down: draining for up to %.0f s", config.grace_seconds)
+    if startup is not None:
+        startup.cancel()
+    await running.shutdown(config.grace_seconds)
+    log.info("stopped")

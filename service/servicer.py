@@ -1,0 +1,57 @@
+"""TandemService RPCs: protobuf in, domain call on the controller, protobuf out. Nothing else.
+
+Errors are raised as domain exceptions and mapped to status codes by the
+server's error interceptor. The adapter checkpoint RPCs are declared in the
+contract and answer UNIMPLEMENTED until the checkpoint store lands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+import grpc
+from tandem.v1 import tandem_pb2 as pb
+from tandem.v1 import tandem_pb2_grpc
+
+from service import convert
+from service.runtime.controller import Controller
+
+
+class TandemServicer(tandem_pb2_grpc.TandemServiceServicer):
+    """The gRPC face of the controller."""
+
+    def __init__(self, controller: Controller) -> None:
+        self._controller = controller
+
+    async def LoadModel(self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LoadModelResponse]:
+        """Load a model; stream progress, then the loaded model."""
+        async with aclosing(self._controller.load_model(convert.load_spec(request))) as events:
+            async for event in events:
+                yield convert.load_event(event)
+
+    async def UnloadModel(self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext) -> pb.UnloadModelResponse:
+        """Release the model."""
+        return pb.UnloadModelResponse(unloaded=await self._controller.unload_model())
+
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
+        """Describe what is loaded."""
+        description = self._controller.describe()
+        if description is None:
+            return pb.GetModelResponse(loaded=False)
+        return pb.GetModelResponse(loaded=True, model=convert.model_info(description))
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
+        """Stream samples as the engine produces them."""
+        async with aclosing(self._controller.generate(convert.generate_spec(request))) as chunks:
+            async for chunk in chunks:
+                yield convert.sample_chunk(chunk)
+
+    async def TrainStep(self, request: pb.TrainStepRequest, context: grpc.aio.ServicerContext) -> pb.TrainStepResponse:
+        """Run one training micro-batch / optimizer step."""
+        return convert.train_response(await self._controller.train_step(convert.train_spec(request)))
+
+    async def ComputeLogprobs(self, request: pb.ComputeLogprobsRequest, context: grpc.aio.ServicerContext) -> pb.ComputeLogprobsResponse:
+        """Logprobs of given sequences under an adapter."""
+        logprobs, version = await self._controller.compute_logprobs([list(s.ids) for s in request.sequences], request.adapter)
+        return pb.ComputeLogprobsResponse(sequences=[pb.SequenceLogprobs(logprobs=lp) for lp in logprobs], adapter_version=version)
