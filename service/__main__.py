@@ -5,14 +5,64 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+from dataclasses import fields
 from pathlib import Path
 
-from service.config import Limits, ServerConfig, default_cache_dir
+from service.config import Limits, ServerConfig, TlsConfig, default_cache_dir
 from service.runtime.specs import TINY_MODEL_NAME
+
+AUTH_TOKEN_ENV = "TANDEM_AUTH_TOKEN"
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Limits field (--max-new-tokens ...), help and default from the dataclass."""
+    group = parser.add_argument_group("limits", "over a per-request limit: INVALID_ARGUMENT; over a load limit: RESOURCE_EXHAUSTED")
+    for limit in fields(Limits):
+        group.add_argument(_flag(limit.name), type=int, default=limit.default, metavar="N", help=f"{limit.metadata['help']} (default %(default)s)")
+
+
+def _add_security_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("security", "see docs/security.md")
+    group.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=None,
+        help=f"require 'authorization: Bearer <token>' on every call but health; the token is this file's content "
+        f"(default: ${AUTH_TOKEN_ENV} when set, else no authentication)",
+    )
+    group.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain: serve TLS (needs --tls-key)")
+    group.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    group.add_argument("--tls-client-ca", type=Path, default=None, help="PEM CA bundle: require client certificates it signed (mutual TLS)")
+    group.add_argument("--no-reflection", action="store_true", help="do not serve gRPC server reflection")
+    group.add_argument(
+        "--health-port", type=int, default=None, help="also serve grpc.health.v1 alone, plaintext and without a token, on this port (default off)"
+    )
+
+
+def _auth_token(parser: argparse.ArgumentParser, path: Path | None) -> str | None:
+    token = path.read_text().strip() if path is not None else os.environ.get(AUTH_TOKEN_ENV, "").strip()
+    if path is not None and not token:
+        parser.error(f"--auth-token-file {path} is empty")
+    return token or None
+
+
+def _tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TlsConfig | None:
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        parser.error("--tls-cert and --tls-key go together")
+    return TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
 
 
 def parse_config(argv: list[str] | None = None) -> ServerConfig:
-    """Build the one ServerConfig from command-line flags."""
+    """Build the one ServerConfig from command-line flags (and $TANDEM_AUTH_TOKEN)."""
     defaults = ServerConfig()
     parser = argparse.ArgumentParser(prog="python -m service", description="Tandem: sample from and train one 4-bit model over gRPC.")
     parser.add_argument("--host", default=defaults.host, help="address to bind gRPC and metrics to (default %(default)s)")
@@ -28,7 +78,13 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
     parser.add_argument("--checkpoint-root", type=Path, default=None, help="where adapter checkpoints are written (default <cache-dir>/adapters)")
     parser.add_argument("--grace-seconds", type=float, default=defaults.grace_seconds, help="drain time on SIGTERM (default %(default)s)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    _add_limit_flags(parser)
+    _add_security_flags(parser)
     args = parser.parse_args(argv)
+    for limit in fields(Limits):
+        if getattr(args, limit.name) < 1:
+            parser.error(f"{_flag(limit.name)} must be at least 1, got {getattr(args, limit.name)}")
+    limits = Limits(**{limit.name: getattr(args, limit.name) for limit in fields(Limits)})
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return ServerConfig(
         host=args.host,
@@ -39,7 +95,11 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         cache_dir=args.cache_dir or default_cache_dir(),
         checkpoint_root=args.checkpoint_root,
         grace_seconds=args.grace_seconds,
-        limits=Limits(),
+        limits=limits,
+        auth_token=_auth_token(parser, args.auth_token_file),
+        tls=_tls(parser, args),
+        reflection=not args.no_reflection,
+        health_port=args.health_port,
     )
 
 

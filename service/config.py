@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 def default_cache_dir() -> Path:
@@ -19,21 +20,38 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tandem"
 
 
+def _limit(default: int, help: str) -> Any:
+    """A Limits field whose help text becomes the server flag's help (see service/__main__.py)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class Limits:
     """Bounds on one request and on load. Over a size limit: INVALID_ARGUMENT;
-    over a load limit: RESOURCE_EXHAUSTED. Each message names the limit."""
+    over a load limit: RESOURCE_EXHAUSTED. Each message names the limit.
 
-    max_prompts_per_request: int = 256
-    max_samples_per_prompt: int = 64
-    max_new_tokens: int = 4096
-    max_top_logprobs: int = 20
-    max_stop_strings: int = 16
-    max_train_sequences: int = 512
-    max_train_tokens: int = 262_144
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_concurrent_rpcs: int = 512
-    max_queued_generations: int = 4096
+    Every field is a server flag (``--max-new-tokens`` ...); docs/security.md lists them.
+    """
+
+    max_prompts_per_request: int = _limit(256, "Generate: most prompts in one request")
+    max_samples_per_prompt: int = _limit(64, "Generate: largest sampling.n")
+    max_new_tokens: int = _limit(4096, "Generate: largest sampling.max_tokens")
+    max_top_logprobs: int = _limit(20, "Generate: largest sampling.logprobs (top alternatives per token)")
+    max_stop_strings: int = _limit(16, "Generate: most sampling.stop strings")
+    max_train_sequences: int = _limit(512, "TrainStep and ComputeLogprobs: most sequences in one request")
+    max_train_tokens: int = _limit(262_144, "TrainStep and ComputeLogprobs: most tokens in one request, all sequences together")
+    max_message_bytes: int = _limit(64 * 1024 * 1024, "largest gRPC message received or sent, in bytes (enforced by gRPC: RESOURCE_EXHAUSTED)")
+    max_concurrent_rpcs: int = _limit(512, "TandemService calls running at once; more are refused with RESOURCE_EXHAUSTED (health is not counted)")
+    max_queued_generations: int = _limit(4096, "samples (prompts x n) queued or decoding at once; more are refused with RESOURCE_EXHAUSTED")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Certificate files for TLS; with ``client_ca_file`` clients must present a certificate it signed (mutual TLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,14 @@ class ServerConfig:
     checkpoint_root: Path | None = None
     grace_seconds: float = 30.0
     limits: Limits = field(default_factory=Limits)
+    auth_token: str | None = field(default=None, repr=False)
+    """When set, every call except health needs ``authorization: Bearer <auth_token>`` metadata."""
+    tls: TlsConfig | None = None
+    """When set, the gRPC port speaks TLS (mutual TLS with a client CA); else plaintext."""
+    reflection: bool = True
+    """Serve gRPC server reflection (what grpcurl uses to learn the API)."""
+    health_port: int | None = None
+    """A second, plaintext port serving only grpc.health.v1, for probes that cannot do TLS or tokens; None = off."""
 
     @property
     def resolved_checkpoint_root(self) -> Path:

@@ -1,8 +1,9 @@
-"""The server interceptor: domain errors -> gRPC status (one table), and per-RPC metrics.
+"""The server interceptor: concurrency limit, domain errors -> gRPC status (one table), per-RPC metrics.
 
-Wraps every TandemService handler. A domain error becomes its status code
-with its message; anything unexpected becomes INTERNAL with a generic
-message (the details go to the log, never to the client).
+Wraps every TandemService handler. A call over ``max_concurrent_rpcs`` is
+refused with RESOURCE_EXHAUSTED. A domain error becomes its status code with
+its message; anything unexpected becomes INTERNAL with a generic message (the
+details go to the log, never to the client).
 """
 
 from __future__ import annotations
@@ -11,17 +12,41 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import aclosing, contextmanager
 from typing import Any
 
 import grpc
 
-from service.errors import TandemError, status_name_for
+from service.errors import ResourceExhausted, TandemError, status_name_for
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 SERVICE_PREFIX = "/tandem.v1.TandemService/"
+
+
+class CallGate:
+    """Counts TandemService calls in flight and refuses those over the limit.
+
+    Health and reflection are not counted, so probes answer under any load.
+    (gRPC's own ``maximum_concurrent_rpcs`` counts every service and its
+    message does not name the limit.)
+    """
+
+    def __init__(self, max_concurrent_rpcs: int) -> None:
+        self._limit = max_concurrent_rpcs
+        self.in_flight = 0
+
+    @contextmanager
+    def enter(self) -> Iterator[None]:
+        """Hold one slot for the duration of a call; ResourceExhausted when none is free."""
+        if self.in_flight >= self._limit:
+            raise ResourceExhausted(f"{self.in_flight} calls are running: over max_concurrent_rpcs={self._limit}; retry later")
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
 
 class _CallOutcome:
@@ -55,11 +80,12 @@ class _CallOutcome:
         self._metrics.request_seconds.labels(self._rpc).observe(time.perf_counter() - self._started)
 
 
-def _wrap_unary(metrics: Metrics, rpc: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(metrics: Metrics, gate: CallGate, rpc: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         outcome = _CallOutcome(metrics, rpc, context)
         try:
-            return await behavior(request, context)
+            with gate.enter():
+                return await behavior(request, context)
         except asyncio.CancelledError:
             outcome.cancelled()
             raise
@@ -71,13 +97,14 @@ def _wrap_unary(metrics: Metrics, rpc: str, behavior: Callable[..., Awaitable[An
     return handle
 
 
-def _wrap_stream(metrics: Metrics, rpc: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(metrics: Metrics, gate: CallGate, rpc: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         outcome = _CallOutcome(metrics, rpc, context)
         try:
-            async with aclosing(behavior(request, context)) as responses:
-                async for response in responses:
-                    yield response
+            with gate.enter():
+                async with aclosing(behavior(request, context)) as responses:
+                    async for response in responses:
+                        yield response
         except asyncio.CancelledError:
             outcome.cancelled()
             raise
@@ -90,10 +117,11 @@ def _wrap_stream(metrics: Metrics, rpc: str, behavior: Callable[..., AsyncIterat
 
 
 class ErrorsAndMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Maps domain errors to statuses and records tandem_requests_total / latency for TandemService RPCs."""
+    """Limits concurrency, maps domain errors to statuses and records tandem_requests_total / latency for TandemService RPCs."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, gate: CallGate) -> None:
         self._metrics = metrics
+        self._gate = gate
 
     async def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
         handler = await continuation(handler_call_details)
@@ -103,7 +131,7 @@ class ErrorsAndMetricsInterceptor(grpc.aio.ServerInterceptor):
         rpc = method[len(SERVICE_PREFIX):]
         common = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(self._metrics, rpc, handler.unary_unary), **common)
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(self._metrics, self._gate, rpc, handler.unary_unary), **common)
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream(self._metrics, rpc, handler.unary_stream), **common)
+            return grpc.unary_stream_rpc_method_handler(_wrap_stream(self._metrics, self._gate, rpc, handler.unary_stream), **common)
         return handler

@@ -1,4 +1,4 @@
-"""Server wiring: grpc.aio server, interceptors, health, reflection, metrics port, signals.
+"""Server wiring: grpc.aio server, interceptors, TLS, health, reflection, metrics port, signals.
 
 Shutdown (SIGTERM or SIGINT): health goes NOT_SERVING, the server stops
 accepting calls and lets running ones finish within the grace period, then the
@@ -18,8 +18,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry, start_http_server
 from tandem.v1 import tandem_pb2, tandem_pb2_grpc
 
-from service.config import ServerConfig
-from service.interceptors import ErrorsAndMetricsInterceptor
+from service.auth import BearerTokenInterceptor
+from service.config import ServerConfig, TlsConfig
+from service.interceptors import CallGate, ErrorsAndMetricsInterceptor
 from service.metrics import Metrics
 from service.runtime.controller import Controller
 from service.runtime.specs import LoadSpec, ModelDescription
@@ -40,6 +41,8 @@ class RunningServer:
     port: int
     metrics_port: int
     metrics_http: object
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
 
     async def set_ready(self) -> None:
         """Readiness follows whether a model is loaded."""
@@ -50,6 +53,8 @@ class RunningServer:
         """Stop serving, drain within the grace period, release the model."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_seconds)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await asyncio.to_thread(self.controller.stop)
         self.metrics_http.shutdown()
 
@@ -72,15 +77,33 @@ def _add_reflection(server: grpc.aio.Server) -> None:
     server.add_generic_rpc_handlers((v1_handler,))
 
 
+def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    """TLS credentials from PEM files; with a client CA, clients must present a certificate it signed."""
+    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file is not None else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+async def _start_health_server(config: ServerConfig, health_servicer: health.aio.HealthServicer) -> tuple[grpc.aio.Server, int]:
+    """Health alone on its own plaintext port, for probes that can do neither TLS nor tokens."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(f"{config.host}:{config.health_port}")
+    await server.start()
+    return server, port
+
+
 async def start_server(config: ServerConfig) -> RunningServer:
     """Build and start everything; returns once the ports are bound (the start-up model loads in the background)."""
     metrics = Metrics(CollectorRegistry())
     controller = Controller(config, metrics)
     controller.start()
     limits = config.limits
+    interceptors: list[grpc.aio.ServerInterceptor] = [] if config.auth_token is None else [BearerTokenInterceptor(config.auth_token)]
+    interceptors.append(ErrorsAndMetricsInterceptor(metrics, CallGate(limits.max_concurrent_rpcs)))
     server = grpc.aio.server(
-        interceptors=[ErrorsAndMetricsInterceptor(metrics)],
-        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
@@ -89,11 +112,15 @@ async def start_server(config: ServerConfig) -> RunningServer:
     tandem_pb2_grpc.add_TandemServiceServicer_to_server(TandemServicer(controller), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    _add_reflection(server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if config.reflection:
+        _add_reflection(server)
+    address = f"{config.host}:{config.port}"
+    port = server.add_insecure_port(address) if config.tls is None else server.add_secure_port(address, server_credentials(config.tls))
     metrics_http, _ = start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
     await server.start()
     running = RunningServer(server, controller, health_servicer, port, metrics_http.server_port, metrics_http)
+    if config.health_port is not None:
+        running.health_server, running.health_port = await _start_health_server(config, health_servicer)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await running.set_ready()
     controller.on_model_change(running.set_ready)
@@ -115,7 +142,12 @@ async def load_startup_model(running: RunningServer, model_name: str) -> None:
 async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     running = await start_server(config)
+    transport = "plaintext" if config.tls is None else "mutual TLS" if config.tls.client_ca_file else "TLS"
+    auth = "bearer token required" if config.auth_token else "no authentication"
     print(f"tandem: gRPC on {config.host}:{running.port}, metrics on http://{config.host}:{running.metrics_port}/metrics", flush=True)
+    print(f"tandem: {transport}, {auth}, reflection {'on' if config.reflection else 'off'}", flush=True)
+    if running.health_port is not None:
+        print(f"tandem: health alone on {config.host}:{running.health_port} (plaintext)", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
