@@ -7,6 +7,7 @@ read when Prometheus scrapes, through callbacks.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -15,9 +16,14 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.runtime.memory import device_memory, process_rss_bytes
+from service.runtime.specs import StepOutcome, TrainResult
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 SYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+PHASE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+STEP_PHASES = ("queue", "prepare", "forward_backward")
+"""TrainStep phases every step goes through; an applied step also runs OPTIMIZER_PHASES."""
+OPTIMIZER_PHASES = ("optimizer", "sync")
 
 
 class ThroughputMeter:
@@ -43,7 +49,7 @@ class ThroughputMeter:
 
 
 class Metrics:
-    """The service's metrics; see README for what each one means."""
+    """The service's metrics; docs/deploy.md says what each one means."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -57,6 +63,19 @@ class Metrics:
         self.generated_tokens = Counter("tandem_generated_tokens_total", "Tokens generated.", registry=registry)
         self.trained_tokens = Counter("tandem_trained_tokens_total", "Tokens with non-zero loss weight trained on.", registry=registry)
         self.train_steps = Counter("tandem_train_steps_total", "TrainStep calls, by outcome.", ["outcome"], registry=registry)
+        for outcome in StepOutcome:
+            self.train_steps.labels(outcome.value)
+        self.train_phase_seconds = Histogram(
+            "tandem_train_step_phase_seconds",
+            "TrainStep: seconds in each phase (queue, prepare, forward_backward; optimizer and sync on applied steps).",
+            ["phase"],
+            buckets=PHASE_BUCKETS,
+            registry=registry,
+        )
+        for phase in STEP_PHASES + OPTIMIZER_PHASES:
+            self.train_phase_seconds.labels(phase)
+        self.train_loss = Gauge("tandem_train_loss", "Loss of the last TrainStep with a finite loss.", registry=registry)
+        self.train_grad_norm = Gauge("tandem_train_grad_norm", "Gradient norm (before clipping) of the last applied optimizer step.", registry=registry)
         self.adapter_version = Gauge("tandem_adapter_version", "Version of the adapter being trained.", registry=registry)
         self.lora_sync_seconds = Histogram(
             "tandem_lora_sync_seconds", "Seconds to bring a new adapter to the engine.", buckets=SYNC_BUCKETS, registry=registry
@@ -95,3 +114,13 @@ class Metrics:
         """Count trained tokens."""
         self.trained_tokens.inc(tokens)
         self._trained_rate.add(tokens)
+
+    def record_train_result(self, result: TrainResult) -> None:
+        """Phase timings, loss and gradient norm of one TrainStep (phases it did not run are not observed)."""
+        applied = result.outcome is StepOutcome.APPLIED
+        for phase in STEP_PHASES + (OPTIMIZER_PHASES if applied else ()):
+            self.train_phase_seconds.labels(phase).observe(getattr(result.seconds, phase))
+        if math.isfinite(result.loss):
+            self.train_loss.set(result.loss)
+        if applied:
+            self.train_grad_norm.set(result.grad_norm)

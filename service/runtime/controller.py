@@ -256,6 +256,7 @@ class Controller:
         self._metrics.train_steps.labels(result.outcome.value).inc()
         self._metrics.record_trained(result.tokens)
         self._metrics.adapter_version.set(result.adapter_version)
+        self._metrics.record_train_result(result)
         return result
 
     def _sync_adapter(self, model: LoadedModel) -> float:
