@@ -1,0 +1,102 @@
+"""Request builders shared by the sync and asyncio clients.
+
+Message arguments take either the protobuf message or a mapping in the
+proto's JSON form (field names as in the .proto or in lowerCamelCase, enums
+by name), the same JSON grpcurl and the CLI's JSONL files use::
+
+    sampling={"max_tokens": 8, "temperature": 0}
+    loss={"function": "LOSS_FUNCTION_PPO_CLIP", "clip_low": 0.2}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from tandem.v1 import tandem_pb2 as pb
+
+M = TypeVar("M", bound=Message)
+
+PromptInput = str | Sequence[int] | pb.Prompt
+"""One prompt: text, token ids, or a Prompt message."""
+Prompts = str | Sequence[PromptInput]
+"""A single text prompt, or a sequence of prompts."""
+MessageInput = Message | Mapping[str, Any]
+
+LOSS_FUNCTIONS: dict[str, int] = {
+    "cross_entropy": pb.LOSS_FUNCTION_CROSS_ENTROPY,
+    "importance_sampling": pb.LOSS_FUNCTION_IMPORTANCE_SAMPLING,
+    "ppo_clip": pb.LOSS_FUNCTION_PPO_CLIP,
+}
+"""Short loss names accepted where a LossConfig is expected."""
+
+
+def as_message(cls: type[M], value: M | Mapping[str, Any] | None) -> M:
+    """``value`` as a ``cls`` message: itself, parsed from its JSON form, or empty for None."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        return json_format.ParseDict(dict(value), cls())
+    raise TypeError(f"expected {cls.__name__} or a mapping, got {type(value).__name__}")
+
+
+def prompt(value: PromptInput) -> pb.Prompt:
+    """A Prompt from text, token ids, or a Prompt."""
+    if isinstance(value, pb.Prompt):
+        return value
+    if isinstance(value, str):
+        return pb.Prompt(text=value)
+    if isinstance(value, Sequence) and all(isinstance(token, int) for token in value):
+        return pb.Prompt(token_ids=pb.TokenIds(ids=value))
+    raise TypeError(f"a prompt is text, a sequence of token ids or a Prompt, got {value!r}")
+
+
+def generate_request(prompts: Prompts, sampling: MessageInput | None, adapter: str) -> pb.GenerateRequest:
+    """A GenerateRequest; a bare string is one text prompt."""
+    items: Iterable[PromptInput] = [prompts] if isinstance(prompts, str) else prompts
+    return pb.GenerateRequest(
+        prompts=[prompt(item) for item in items],
+        sampling=as_message(pb.SamplingParams, sampling),
+        adapter=adapter,
+    )
+
+
+def loss_config(loss: MessageInput | str | None) -> pb.LossConfig:
+    """A LossConfig from a message, its JSON form, or a short name ("cross_entropy", "importance_sampling", "ppo_clip")."""
+    if isinstance(loss, str):
+        if loss not in LOSS_FUNCTIONS:
+            raise ValueError(f"unknown loss {loss!r}; one of {', '.join(LOSS_FUNCTIONS)}")
+        return pb.LossConfig(function=LOSS_FUNCTIONS[loss])
+    return as_message(pb.LossConfig, loss)
+
+
+def train_request(
+    sequences: Iterable[MessageInput],
+    loss: MessageInput | str | None,
+    optimizer: MessageInput | None,
+    accumulate: bool,
+) -> pb.TrainStepRequest:
+    """A TrainStepRequest from TrainSequence messages or their JSON form."""
+    return pb.TrainStepRequest(
+        sequences=[as_message(pb.TrainSequence, sequence) for sequence in sequences],
+        loss=loss_config(loss),
+        optimizer=as_message(pb.OptimizerConfig, optimizer),
+        accumulate=accumulate,
+    )
+
+
+def load_request(request: MessageInput | None, fields: Mapping[str, Any]) -> pb.LoadModelRequest:
+    """A LoadModelRequest from a message or JSON form, or from keyword fields (not both)."""
+    if request is not None and fields:
+        raise TypeError("pass either a LoadModelRequest or keyword fields, not both")
+    return as_message(pb.LoadModelRequest, request if request is not None else fields)
+
+
+def logprobs_request(sequences: Iterable[Sequence[int]], adapter: str) -> pb.ComputeLogprobsRequest:
+    """A ComputeLogprobsRequest for token-id sequences."""
+    return pb.ComputeLogprobsRequest(sequences=[pb.TokenIds(ids=list(ids)) for ids in sequences], adapter=adapter)
