@@ -46,6 +46,10 @@ class ModelShape:
     num_key_value_heads: int
     vocab_size: int
     max_position_embeddings: int = 4096
+    initializer_range: float = 0.02
+    """Std of the random weights. The tiny shape uses a larger one: with 0.02 its
+    output head cannot make any token likelier than ~1% (logits stay within
+    ~2.5 after the final norm), so no adapter could make sampling confident."""
 
 
 BUILTIN_SHAPES: dict[str, ModelShape] = {
@@ -56,6 +60,7 @@ BUILTIN_SHAPES: dict[str, ModelShape] = {
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=1024,
+        initializer_range=0.1,
     ),
     "tandem/tinyllama-1.1b-random": ModelShape(
         hidden_size=2048,
