@@ -97,14 +97,23 @@ def _wrap_unary(metrics: Metrics, gate: CallGate, rpc: str, behavior: Callable[.
     return handle
 
 
-def _wrap_stream(metrics: Metrics, gate: CallGate, rpc: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-    async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+def _wrap_stream(metrics: Metrics, gate: CallGate, rpc: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., Awaitable[None]]:
+    """A coroutine handler that writes each response itself.
+
+    Not an async generator: when the client cancels or its deadline passes
+    while a response is being sent, the cancellation lands here, so the
+    behavior's generator is closed at once (its ``finally`` aborts the engine
+    work). A generator handler suspended at ``yield`` would only be closed
+    when the garbage collector finds it.
+    """
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> None:
         outcome = _CallOutcome(metrics, rpc, context)
         try:
             with gate.enter():
                 async with aclosing(behavior(request, context)) as responses:
                     async for response in responses:
-                        yield response
+                        await context.write(response)
         except asyncio.CancelledError:
             outcome.cancelled()
             raise

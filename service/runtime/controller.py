@@ -37,7 +37,14 @@ from service.runtime.specs import (
     TrainSpec,
 )
 from service.runtime.training import sequence_logprobs, train_step
-from service.runtime.validation import ModelBounds, check_adapter_selector, check_token_ids, prepare_prompts, prepare_train_sequences
+from service.runtime.validation import (
+    ModelBounds,
+    check_adapter_selector,
+    check_logprob_request_size,
+    check_token_ids,
+    prepare_prompts,
+    prepare_train_sequences,
+)
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 2.0
@@ -119,14 +126,16 @@ class Controller:
         yield description
 
     def _load_on_device(self, spec: LoadSpec, progress: ProgressCallback, clock: Stopwatch) -> ModelDescription:
-        self._unload_on_device()
+        # What can refuse the request (name, engine, tokenizer) runs before the loaded model is
+        # released, so a bad LoadModel leaves the old model serving.
         report(progress, clock, LoadPhase.RESOLVE, f"resolving {spec.model_name}")
         model_dir = resolve_model_dir(spec.model_name, self._config.model_roots, self._config.cache_dir)
+        kind = choose_engine(spec.fast_inference)
         report(progress, clock, LoadPhase.TOKENIZER, "loading the tokenizer")
         tokenizer = load_tokenizer(model_dir)
+        self._unload_on_device()
         device = pick_device()
         dtype = resolve_dtype(spec.dtype, device)
-        kind = choose_engine(spec.fast_inference)
         context = BuildContext(spec, model_dir, tokenizer, dtype, device, lambda *a, **k: report(progress, clock, *a, **k))
         built = builder_for(kind)(context)
         trainable = [p for p in built.model.parameters() if p.requires_grad]
@@ -213,8 +222,8 @@ class Controller:
         started = time.perf_counter()
         first_token = True
         self._queued_samples += samples
-        self._device.admit(requests, lambda c: aio.call_soon_threadsafe(chunks.put_nowait, c), expected_engine=model.engine)
         try:
+            self._device.admit(requests, lambda c: aio.call_soon_threadsafe(chunks.put_nowait, c), expected_engine=model.engine)
             while unfinished:
                 chunk = await chunks.get()
                 if isinstance(chunk, BaseException):
@@ -274,6 +283,7 @@ class Controller:
         model = self._require_model()
         check_adapter_selector("adapter", adapter)
         self._check_adapter_exists(model, adapter)
+        check_logprob_request_size(sequences, self._config.limits)
         for index, ids in enumerate(sequences):
             check_token_ids(f"sequences[{index}].ids", ids, model.bounds)
             if not 1 <= len(ids) <= model.bounds.max_seq_length:

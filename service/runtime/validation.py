@@ -51,11 +51,13 @@ class PreparedSequence:
     sampler_logprobs: list[float] | None
 
 
-def _check_range(field: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
+def _check_range(field: str, value: float, low: float, high: float, *, low_open: bool = False, limit: str = "") -> None:
+    """``limit``: the server limit that sets ``high``, named in the message so the client knows what bounds it."""
     inside = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
     if not inside:
         bracket = "(" if low_open else "["
-        raise InvalidArgument(field, f"must be in {bracket}{low:g}, {high:g}], got {value!r}")
+        bound = f" (the server's {limit})" if limit else ""
+        raise InvalidArgument(field, f"must be in {bracket}{low:g}, {high:g}]{bound}, got {value!r}")
 
 
 def check_token_ids(field: str, ids: Sequence[int], bounds: ModelBounds) -> None:
@@ -86,15 +88,15 @@ def check_checkpoint_name(field: str, name: str) -> None:
 
 def check_sampling(sampling: SamplingSpec, limits: Limits) -> None:
     """Sampling parameters within their documented ranges and the server's limits."""
-    _check_range("sampling.n", sampling.n, 1, limits.max_samples_per_prompt)
+    _check_range("sampling.n", sampling.n, 1, limits.max_samples_per_prompt, limit="max_samples_per_prompt")
     _check_range("sampling.temperature", sampling.temperature, 0.0, 100.0)
     _check_range("sampling.top_p", sampling.top_p, 0.0, 1.0, low_open=True)
     _check_range("sampling.min_p", sampling.min_p, 0.0, 1.0)
-    _check_range("sampling.max_tokens", sampling.max_tokens, 1, limits.max_new_tokens)
+    _check_range("sampling.max_tokens", sampling.max_tokens, 1, limits.max_new_tokens, limit="max_new_tokens")
     if sampling.logprobs is not None:
-        _check_range("sampling.logprobs", sampling.logprobs, 0, limits.max_top_logprobs)
+        _check_range("sampling.logprobs", sampling.logprobs, 0, limits.max_top_logprobs, limit="max_top_logprobs")
     if len(sampling.stop) > limits.max_stop_strings:
-        raise InvalidArgument("sampling.stop", f"at most {limits.max_stop_strings} stop strings, got {len(sampling.stop)}")
+        raise InvalidArgument("sampling.stop", f"at most {limits.max_stop_strings} stop strings (max_stop_strings), got {len(sampling.stop)}")
     if any(not s for s in sampling.stop):
         raise InvalidArgument("sampling.stop", "stop strings must not be empty")
 
@@ -176,6 +178,19 @@ def _sequence_tokens(field: str, seq: TrainSequenceSpec, encoder: TextEncoder, b
     if seq.add_eos:
         completion.append(bounds.eos_token_id)
     return prompt + completion, [0.0] * len(prompt) + [1.0] * len(completion)
+
+
+def check_logprob_request_size(sequences: Sequence[Sequence[int]], limits: Limits) -> None:
+    """ComputeLogprobs runs the same forward pass as TrainStep, so the TrainStep size limits bound it."""
+    if not sequences:
+        raise InvalidArgument("sequences", "give at least one sequence")
+    if len(sequences) > limits.max_train_sequences:
+        raise InvalidArgument(
+            "sequences", f"at most {limits.max_train_sequences} sequences per request (max_train_sequences), got {len(sequences)}"
+        )
+    total = sum(len(ids) for ids in sequences)
+    if total > limits.max_train_tokens:
+        raise InvalidArgument("sequences", f"{total} tokens in all exceed max_train_tokens {limits.max_train_tokens}")
 
 
 def prepare_train_sequences(spec: TrainSpec, encoder: TextEncoder, bounds: ModelBounds, limits: Limits) -> list[PreparedSequence]:
