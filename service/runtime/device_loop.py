@@ -5,6 +5,8 @@ the model) and generation requests. Generation requests are added to the
 engine and decoded by ``engine.step()`` whenever the queue holds nothing else.
 A call is a barrier: samples already running finish first (so every sample
 comes from one adapter version), then the call runs, then generation resumes.
+A call whose caller has gone (cancelled, deadline passed) before it starts is
+skipped; a call that has started always runs to the end.
 So a Generate submitted after a TrainStep returned samples from the new
 adapter. Aborts skip the queue.
 
@@ -181,6 +183,11 @@ class DeviceLoop:
 
     @staticmethod
     def _run_call(call: _Call) -> None:
+        # A caller that went away (cancel, deadline) before its work started gets nothing done:
+        # a TrainStep the client saw fail must not be applied later. (Reading the state of an
+        # asyncio future from this thread is a plain attribute read; once started, work completes.)
+        if call.future.cancelled():
+            return
         try:
             result = call.fn()
         except BaseException as error:  # handed to the awaiting coroutine
