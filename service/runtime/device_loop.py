@@ -55,6 +55,7 @@ class DeviceLoop:
         self._queue: deque[_Call | _Admit] = deque()
         self._aborts: list[str] = []
         self._sinks: dict[str, ChunkSink] = {}
+        self._aborted_before_admission: set[str] = set()
         self._engine: Engine | None = None
         self._wake = threading.Condition()
         self._stopping = False
@@ -146,7 +147,8 @@ class DeviceLoop:
         if not request_ids:
             return
         for request_id in request_ids:
-            self._sinks.pop(request_id, None)
+            if self._sinks.pop(request_id, None) is None:
+                self._aborted_before_admission.add(request_id)  # its _Admit is still queued
         if self._engine is not None:
             self._engine.abort(request_ids)
 
@@ -155,6 +157,9 @@ class DeviceLoop:
             admit.sink(Unavailable("the model was replaced or unloaded while this request waited: send it again"))
             return
         for request in admit.requests:
+            if request.request_id in self._aborted_before_admission:
+                self._aborted_before_admission.discard(request.request_id)
+                continue
             self._sinks[request.request_id] = admit.sink
             self._engine.add_request(request)
 

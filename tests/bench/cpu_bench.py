@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=5)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tandem-bench-"))
-    server = start_server(work / "cache", work / "logs", "--model", "none")
+    server = start_server(work / "cache", work / "logs", "--model", "none", wait_ready=False)
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = tandem_pb2_grpc.TandemServiceStub(channel)
