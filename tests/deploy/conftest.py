@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 
@@ -22,9 +23,7 @@ def kustomize() -> str:
 def kubeconform_schemas(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """``-schema-location`` templates for the Kubernetes kinds and the ServiceMonitor CRD."""
     go = require_tool("go")
-    try:
-        import kubernetes_validate  # noqa: F401  (the package that ships the schemas)
-    except ImportError:
+    if importlib.util.find_spec("kubernetes_validate") is None:  # the package that ships the schemas
         message = "kubernetes-validate is not installed (.ci/install.d/40-deploy.sh installs it)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
