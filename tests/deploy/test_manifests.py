@@ -50,6 +50,7 @@ def kubeconform(manifests: str, schema_locations: list[str]) -> list[dict[str, A
     for location in schema_locations:
         args += ["-schema-location", location]
     completed = subprocess.run([*args, "-"], input=manifests, capture_output=True, text=True, timeout=120)
+    assert completed.stdout.strip(), f"kubeconform printed nothing: {completed.stderr}"
     return json.loads(completed.stdout)["resources"]
 
 
