@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from transformers import AutoConfig
+
 from service.errors import InvalidArgument, NotFound
 from service.tiny_model import ensure_builtin_model, is_builtin
 
@@ -27,7 +29,23 @@ def resolve_model_dir(name: str, model_roots: tuple[Path, ...], cache_dir: Path)
     for root in model_roots:
         candidate = confined_path(root, name, "model_name")
         if (candidate / "config.json").is_file():
+            check_builtin_architecture(name, candidate)
             return candidate
     confined_path(Path("/"), name, "model_name")  # reject absolute and '..' names even with no roots
     roots = "no model roots are configured (start the server with --model-root)" if not model_roots else f"{len(model_roots)} model root(s)"
     raise NotFound(f"model {name!r} was not found: {roots}; built-in models are tandem/tiny and tandem/tinyllama-1.1b-random")
+
+
+def check_builtin_architecture(name: str, model_dir: Path) -> None:
+    """The model's config.json must load without remote code: trust_remote_code is never enabled.
+
+    Checked before the loaded model is released, so such a request leaves it serving.
+    """
+    try:
+        AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    except (ValueError, OSError) as error:  # transformers' words name server paths: not passed on
+        raise InvalidArgument(
+            "model_name",
+            f"{name!r} has a config.json that transformers cannot load without running the model's own code "
+            f"(trust_remote_code is never enabled) or that is invalid ({type(error).__name__})",
+        ) from None
