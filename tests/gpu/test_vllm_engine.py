@@ -11,6 +11,7 @@ import asyncio
 import time
 import uuid
 
+import bitsandbytes as bnb
 import pytest
 import torch
 
@@ -110,7 +111,7 @@ async def test_the_engine_is_vllm_and_the_trainer_shares_its_base_weights(contro
     assert trainer_base, "the trainer has no frozen base weights"
     not_shared = [tuple(p.shape) for p in trainer_base if p.untyped_storage().data_ptr() not in vllm_storages]
     assert not_shared == [], f"trainer weights not on vLLM's storage: {not_shared[:5]}"
-    four_bit = [m for m in model.model.modules() if type(m).__name__ == "Linear4bit"]
+    four_bit = [m for m in model.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(four_bit) == 22 * 7
     memory = description.memory
     print(

@@ -168,4 +168,5 @@ def _rebuild_rotary(model: torch.nn.Module, config, device: torch.device) -> Non
     """Rotary tables are computed, not loaded: make them again on the device."""
     for name, module in list(model.named_modules()):
         if name.endswith("rotary_emb"):
-            model.set_submodule(name, type(module)(config=config, device=device))
+            with torch.device(device):
+                model.set_submodule(name, type(module)(config=config))

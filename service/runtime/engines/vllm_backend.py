@@ -40,12 +40,10 @@ OPTIONS = VllmOptions()
 """What ``build`` uses; tests may swap in eager mode."""
 
 
-def engine_args(ctx: BuildContext, options: VllmOptions):
-    """vLLM's EngineArgs from LoadModel's fields."""
-    from vllm.engine.arg_utils import EngineArgs
-
+def engine_kwargs(ctx: BuildContext, options: VllmOptions) -> dict:
+    """vLLM's engine arguments (``EngineArgs`` / ``LLM`` keywords) from LoadModel's fields."""
     spec = ctx.spec
-    return EngineArgs(
+    return dict(
         model=str(ctx.model_dir),
         tokenizer=str(ctx.model_dir),
         trust_remote_code=False,
@@ -85,7 +83,9 @@ def build(ctx: BuildContext) -> BuiltModel:
 
     spec = ctx.spec
     ctx.report(LoadPhase.ENGINE, "starting vLLM: loading the base" + (" as NF4 4-bit" if spec.load_in_4bit else "") + ", compiling, capturing CUDA graphs")
-    llm_engine = LLMEngine.from_engine_args(engine_args(ctx, OPTIONS))
+    from vllm.engine.arg_utils import EngineArgs
+
+    llm_engine = LLMEngine.from_engine_args(EngineArgs(**engine_kwargs(ctx, OPTIONS)))
     runner = model_runner(llm_engine)
     ctx.report(LoadPhase.WEIGHTS, "building the trainer's layers over vLLM's weights (one copy of the base)")
     base = build_shared_causal_lm(ctx.model_dir, runner.get_model(), ctx.dtype, ctx.device)
@@ -95,7 +95,7 @@ def build(ctx: BuildContext) -> BuiltModel:
     model = attach_lora(base, spec)
     pairs = list(trained_lora_pairs(model))
     adapters = runner.lora_manager._adapter_manager
-    adapters.add_adapter(_vllm_lora_model(TRAINED_LORA_ID, pairs, spec, ctx.dtype, ctx.device))
+    adapters.add_adapter(_vllm_lora_model(TRAINED_LORA_ID, pairs, spec, ctx.dtype))
     llm_engine.pin_lora(TRAINED_LORA_ID)
     sync = LoraBufferSync(pairs, adapters.modules, slot=adapters.lora_index_to_id.index(TRAINED_LORA_ID))
     engine = VllmEngine(llm_engine, sync, KvStandby(runner) if spec.standby else None)
@@ -112,8 +112,12 @@ def build(ctx: BuildContext) -> BuiltModel:
     )
 
 
-def _vllm_lora_model(lora_id: int, pairs, spec: LoadSpec, dtype: torch.dtype, device: torch.device):
-    """vLLM's LoRAModel made from the PEFT tensors (no file), on the device."""
+def _vllm_lora_model(lora_id: int, pairs, spec: LoadSpec, dtype: torch.dtype):
+    """vLLM's LoRAModel made from the PEFT tensors (no file).
+
+    It stays on the CPU: pinning copies it into its GPU slot once, and later
+    syncs write that slot directly.
+    """
     from vllm.lora.lora_model import LoRAModel
     from vllm.lora.peft_helper import PEFTHelper
 
@@ -122,4 +126,4 @@ def _vllm_lora_model(lora_id: int, pairs, spec: LoadSpec, dtype: torch.dtype, de
         tensors[f"base_model.model.{pair.name}.lora_A.weight"] = pair.a.detach()
         tensors[f"base_model.model.{pair.name}.lora_B.weight"] = pair.b.detach()
     helper = PEFTHelper.from_dict({"r": spec.lora.rank, "lora_alpha": spec.lora.alpha, "target_modules": list(spec.lora.target_modules)})
-    return LoRAModel.from_lora_tensors(lora_id, tensors, helper, device=str(device), dtype=dtype)
+    return LoRAModel.from_lora_tensors(lora_id, tensors, helper, device="cpu", dtype=dtype)
