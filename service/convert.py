@@ -216,3 +216,13 @@ def train_response(result: specs.TrainResult) -> pb.TrainStepResponse:
         clip_fraction=result.clip_fraction,
         importance_ratio_mean=result.importance_ratio_mean,
     )
+
+
+def adapter_checkpoint(checkpoint: specs.AdapterCheckpoint) -> pb.AdapterCheckpoint:
+    """AdapterCheckpoint (domain) -> AdapterCheckpoint (protobuf)."""
+    return pb.AdapterCheckpoint(**{f.name: getattr(checkpoint, f.name) for f in fields(checkpoint)})
+
+
+def load_adapter_response(restored: specs.RestoredAdapter) -> pb.LoadAdapterResponse:
+    """RestoredAdapter -> LoadAdapterResponse."""
+    return pb.LoadAdapterResponse(checkpoint=adapter_checkpoint(restored.checkpoint), adapter_version=restored.adapter_version, step=restored.step)

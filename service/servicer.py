@@ -1,8 +1,7 @@
 """TandemService RPCs: protobuf in, domain call on the controller, protobuf out. Nothing else.
 
 Errors are raised as domain exceptions and mapped to status codes by the
-server's error interceptor. The adapter checkpoint RPCs are declared in the
-contract and answer UNIMPLEMENTED until the checkpoint store lands.
+server's error interceptor.
 """
 
 from __future__ import annotations
@@ -55,3 +54,22 @@ class TandemServicer(tandem_pb2_grpc.TandemServiceServicer):
         """Logprobs of given sequences under an adapter."""
         logprobs, version = await self._controller.compute_logprobs([list(s.ids) for s in request.sequences], request.adapter)
         return pb.ComputeLogprobsResponse(sequences=[pb.SequenceLogprobs(logprobs=lp) for lp in logprobs], adapter_version=version)
+
+    async def SaveAdapter(self, request: pb.SaveAdapterRequest, context: grpc.aio.ServicerContext) -> pb.SaveAdapterResponse:
+        """Write the trained adapter and optimizer state as a named checkpoint, atomically."""
+        checkpoint = await self._controller.save_adapter(request.name, request.overwrite)
+        return pb.SaveAdapterResponse(checkpoint=convert.adapter_checkpoint(checkpoint))
+
+    async def LoadAdapter(self, request: pb.LoadAdapterRequest, context: grpc.aio.ServicerContext) -> pb.LoadAdapterResponse:
+        """Restore a named checkpoint into the trained adapter and optimizer."""
+        return convert.load_adapter_response(await self._controller.load_adapter(request.name))
+
+    async def ListAdapters(self, request: pb.ListAdaptersRequest, context: grpc.aio.ServicerContext) -> pb.ListAdaptersResponse:
+        """List the saved checkpoints by name."""
+        checkpoints = await self._controller.list_adapters()
+        return pb.ListAdaptersResponse(checkpoints=[convert.adapter_checkpoint(c) for c in checkpoints])
+
+    async def DeleteAdapter(self, request: pb.DeleteAdapterRequest, context: grpc.aio.ServicerContext) -> pb.DeleteAdapterResponse:
+        """Delete a saved checkpoint."""
+        await self._controller.delete_adapter(request.name)
+        return pb.DeleteAdapterResponse()

@@ -18,8 +18,11 @@ from dataclasses import replace
 import torch
 
 from service.config import ServerConfig
-from service.errors import InvalidArgument, ModelNotLoaded, NotFound, ResourceExhausted, Unavailable
+from service.errors import InvalidArgument, ModelNotLoaded, ResourceExhausted, Unavailable
 from service.metrics import Metrics
+from service.runtime.adapter_slots import AdapterSlots, SavedAdapters, peft_adapter_name
+from service.runtime.adapter_state import capture, restore
+from service.runtime.checkpoints import CheckpointStore
 from service.runtime.device_loop import DeviceLoop
 from service.runtime.engines import BuildContext, builder_for, choose_engine
 from service.runtime.engines.base import EngineRequest
@@ -27,11 +30,13 @@ from service.runtime.model import LoadedModel, ProgressCallback, Stopwatch, chec
 from service.runtime.paths import resolve_model_dir
 from service.runtime.specs import (
     BASE_ADAPTER,
+    AdapterCheckpoint,
     GenerateSpec,
     LoadPhase,
     LoadProgress,
     LoadSpec,
     ModelDescription,
+    RestoredAdapter,
     SampleChunk,
     TrainResult,
     TrainSpec,
@@ -58,13 +63,20 @@ class Controller:
         self._metrics = metrics
         self._device = DeviceLoop()
         self._model: LoadedModel | None = None
+        self._saved: SavedAdapters | None = None
+        """The loaded model's slots for saved adapters; set and cleared with ``_model``."""
+        self._store = CheckpointStore(config.resolved_checkpoint_root)
         self._call_ids = itertools.count()
         self._queued_samples = 0
         self._model_listeners: list[Callable[[], Awaitable[None]]] = []
         metrics.bind_load_gauges(self._device.queue_depth, self._device.running_requests, self._kv_cache_usage)
 
     def start(self) -> None:
-        """Start the device thread."""
+        """Finish or undo checkpoint writes a crash interrupted, then start the device thread."""
+        try:
+            self._store.recover()
+        except OSError:
+            log.exception("could not tidy the checkpoint root %s", self._store.root)
         self._device.start()
 
     def stop(self) -> None:
@@ -160,12 +172,14 @@ class Controller:
         loaded.load_seconds = clock.elapsed()
         loaded.refresh_memory()
         self._device.set_engine(built.engine)
+        self._saved = SavedAdapters.for_model(built.model, built.engine, spec.max_loras)
         self._model = loaded
         report(progress, clock, LoadPhase.READY, f"{spec.model_name} loaded with the {kind.value} engine")
         return loaded.describe()
 
     def _unload_on_device(self) -> bool:
         model, self._model = self._model, None
+        self._saved = None
         if model is None:
             return False
         self._device.set_engine(None)
@@ -194,7 +208,6 @@ class Controller:
         """Sample from the engine; yields chunks as the device loop produces them. Cancelling aborts the samples."""
         model = self._require_model()
         prompts = prepare_prompts(spec, model.tokenizer, model.bounds, self._config.limits)
-        self._check_adapter_exists(model, spec.adapter)
         samples = len(prompts) * spec.sampling.n
         limit = self._config.limits.max_queued_generations
         if self._queued_samples + samples > limit:
@@ -202,6 +215,7 @@ class Controller:
                 f"{self._queued_samples} samples are queued or running and this request adds {samples}: over "
                 f"max_queued_generations={limit}; retry later"
             )
+        pinned = await self._pin_saved_adapter(model, spec.adapter)
         call_id = next(self._call_ids)
         requests = [
             EngineRequest(
@@ -234,16 +248,39 @@ class Controller:
                 self._metrics.record_generated(len(chunk.token_ids))
                 if chunk.finish_reason is not None:
                     unfinished.discard(id_of[(chunk.prompt_index, chunk.sample_index)])
-                yield chunk
+                # A saved adapter's samples carry the version it had when it was saved.
+                yield chunk if pinned is None else replace(chunk, adapter_version=pinned[1].adapter_version)
         finally:
             self._queued_samples -= samples
+            if pinned is not None:
+                pinned[0].unpin(spec.adapter)
             if unfinished:
                 self._device.abort(sorted(unfinished))
 
-    def _check_adapter_exists(self, model: LoadedModel, adapter: str) -> None:
-        """Only the trained adapter ("") and the base exist until checkpoints are loaded."""
-        if adapter not in ("", BASE_ADAPTER):
-            raise NotFound(f"adapter {adapter!r} is not loaded: sample from \"\" (the trained adapter) or \"base\"")
+    async def _pin_saved_adapter(self, model: LoadedModel, adapter: str) -> tuple[AdapterSlots, AdapterCheckpoint] | None:
+        """For a saved adapter's name: pin it in the engine's slots and have the engine hold it.
+
+        Loading it is a device call, so only a first use waits for running samples;
+        None for the trained adapter ("") and the base. The caller unpins.
+        """
+        saved = self._saved
+        if adapter in ("", BASE_ADAPTER) or saved is None:
+            return None
+        slots = saved.engine
+        slots.pin(adapter)
+        try:
+            checkpoint = slots.held(adapter)
+            if checkpoint is None:
+
+                def acquire() -> AdapterCheckpoint:
+                    self._require_same_model(model)
+                    return slots.acquire(adapter, self._store)
+
+                checkpoint = await self._device.call(acquire)
+        except BaseException:
+            slots.unpin(adapter)
+            raise
+        return slots, checkpoint
 
     # --- TrainStep / ComputeLogprobs ---------------------------------------------------------
 
@@ -282,7 +319,7 @@ class Controller:
         """Per-token logprobs of given sequences (entry 0 is 0) and the adapter version used."""
         model = self._require_model()
         check_adapter_selector("adapter", adapter)
-        self._check_adapter_exists(model, adapter)
+        saved = self._saved
         check_logprob_request_size(sequences, self._config.limits)
         for index, ids in enumerate(sequences):
             check_token_ids(f"sequences[{index}].ids", ids, model.bounds)
@@ -291,13 +328,65 @@ class Controller:
 
         def run() -> tuple[list[list[float]], int]:
             self._require_same_model(model)
-            return _logprobs_on_device(model, sequences, adapter)
+            if adapter == BASE_ADAPTER:
+                return _logprobs_on_device(model, sequences, adapter), 0
+            if adapter == "":
+                return _logprobs_on_device(model, sequences, adapter), model.state.adapter_version
+            checkpoint = saved.scorer.acquire(adapter, self._store)
+            return _logprobs_on_device(model, sequences, peft_adapter_name("scorer", adapter)), checkpoint.adapter_version
 
         return await self._device.call(run)
 
+    # --- Adapter checkpoints (SaveAdapter, LoadAdapter, ListAdapters, DeleteAdapter) -------------
+
+    async def save_adapter(self, name: str, overwrite: bool) -> AdapterCheckpoint:
+        """Write the trained adapter, optimizer state, step and version as checkpoint ``name``, atomically, between samples."""
+        model = self._require_model()
+        self._store.directory(name)  # a bad name fails before queueing
+
+        def run() -> AdapterCheckpoint:
+            self._require_same_model(model)
+            if overwrite:
+                self._saved.forget(name)  # engines reload it from the new files on next use
+            return self._store.write(capture(model, name), overwrite)
+
+        return await self._device.call(run)
+
+    async def load_adapter(self, name: str) -> RestoredAdapter:
+        """Restore checkpoint ``name`` into the trained adapter and optimizer; sampling and training continue from it."""
+        model = self._require_model()
+        self._store.directory(name)
+
+        def run() -> RestoredAdapter:
+            self._require_same_model(model)
+            contents = self._store.read(name)
+            restore(model, contents)
+            self._sync_adapter(model)
+            return RestoredAdapter(self._store.describe(name), model.state.adapter_version, model.state.step)
+
+        restored = await self._device.call(run)
+        self._metrics.adapter_version.set(restored.adapter_version)
+        return restored
+
+    async def list_adapters(self) -> list[AdapterCheckpoint]:
+        """The saved checkpoints, by name (no model needed)."""
+        return await asyncio.to_thread(self._store.list)
+
+    async def delete_adapter(self, name: str) -> None:
+        """Delete checkpoint ``name``, unloading it from the engine first; FAILED_PRECONDITION while it is sampled from."""
+        self._store.directory(name)
+
+        def run() -> None:
+            if self._saved is not None:
+                self._saved.forget(name)
+            self._store.delete(name)
+
+        await self._device.call(run)
+
 
 @torch.inference_mode()
-def _logprobs_on_device(model: LoadedModel, sequences: list[list[int]], adapter: str) -> tuple[list[list[float]], int]:
+def _logprobs_on_device(model: LoadedModel, sequences: list[list[int]], adapter: str) -> list[list[float]]:
+    """``adapter``: "" (trained), "base", or the PEFT name of a saved adapter loaded for scoring."""
     results = []
     for ids in sequences:  # one at a time: no padding effects, and memory bounded by one sequence
         if len(ids) == 1:
@@ -309,6 +398,6 @@ def _logprobs_on_device(model: LoadedModel, sequences: list[list[int]], adapter:
             with model.model.disable_adapter():
                 logprobs = sequence_logprobs(model.model, input_ids, mask)
         else:
-            logprobs = sequence_logprobs(model.model, input_ids, mask)
+            logprobs = sequence_logprobs(model.model, input_ids, mask, [adapter] if adapter else None)
         results.append([0.0, *logprobs[0].tolist()])
-    return results, 0 if adapter == BASE_ADAPTER else model.state.adapter_version
+    return results

@@ -157,9 +157,24 @@ def load_hf_base(model_dir: Path, spec: LoadSpec, dtype: torch.dtype, device: to
         if spec.load_in_4bit
         else None
     )
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         model_dir, quantization_config=quantization, dtype=dtype, device_map={"": device}, trust_remote_code=False
     )
+    _keep_cpu_weight_layout(model)
+    return model
+
+
+def _keep_cpu_weight_layout(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for AVX512-BF16 CPUs at the first eval forward.
+
+    bitsandbytes 0.50 unpacks them again in ``state_dict()`` (which PEFT's
+    ``load_adapter`` calls), and the next forward repacks them wrongly: every
+    output changes. Keeping the plain layout makes saving and loading adapters
+    leave the base model as it is, at some CPU speed.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def attach_lora(base: torch.nn.Module, spec: LoadSpec) -> torch.nn.Module:

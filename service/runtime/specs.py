@@ -294,3 +294,25 @@ class LoadProgress:
     total: int = 0
     unit: str = ""
     elapsed_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class AdapterCheckpoint:
+    """A saved adapter checkpoint (SaveAdapter, LoadAdapter, ListAdapters)."""
+
+    name: str
+    step: int
+    adapter_version: int
+    rank: int
+    size_bytes: int
+    created_unix_seconds: float
+    model_name: str
+
+
+@dataclass(frozen=True)
+class RestoredAdapter:
+    """What LoadAdapter restored, and the adapter version and step now in use."""
+
+    checkpoint: AdapterCheckpoint
+    adapter_version: int
+    step: int

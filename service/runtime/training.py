@@ -44,9 +44,12 @@ def collate(sequences: list[PreparedSequence], pad_id: int, device: torch.device
     return {k: v.to(device) for k, v in tensors.items()}
 
 
-def sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Logprob of each token given those before it: [B, T-1] (float32)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+def sequence_logprobs(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter_names: list[str] | None = None
+) -> torch.Tensor:
+    """Logprob of each token given those before it: [B, T-1] (float32). ``adapter_names``: PEFT's per-row adapters (eval only)."""
+    extra = {} if adapter_names is None else {"adapter_names": adapter_names}
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
     return token_logprobs(logits[:, :-1, :], input_ids[:, 1:])
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
+from service.runtime.adapter_slots import peft_adapter_name
 from service.runtime.engines.base import EngineRequest
 from service.runtime.sampling import choose_token, token_logprob
 from service.runtime.specs import BASE_ADAPTER, FinishReason, SampleChunk
@@ -92,12 +93,12 @@ class TransformersEngine:
         """Nothing to restore."""
 
     def add_adapter(self, name: str, adapter_dir: Path) -> None:
-        """Load a saved PEFT adapter beside the trained one; samples select it by name."""
-        self._model.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=False)
+        """Load a saved PEFT adapter beside the trained one (frozen; the trained one stays active and trainable)."""
+        self._model.load_adapter(str(adapter_dir), adapter_name=_peft_adapter_name(name), is_trainable=False)
 
     def remove_adapter(self, name: str) -> None:
         """Drop a saved adapter."""
-        self._model.delete_adapter(name)
+        self._model.delete_adapter(_peft_adapter_name(name))
 
     def check_health(self) -> None:
         if self._model is None:
@@ -244,4 +245,4 @@ class TransformersEngine:
 
 def _peft_adapter_name(selector: str) -> str:
     """PEFT's name for an adapter selector in a mixed-batch forward."""
-    return "__base__" if selector == BASE_ADAPTER else selector
+    return "__base__" if selector == BASE_ADAPTER else peft_adapter_name("engine", selector)
