@@ -99,6 +99,12 @@ def test_bad_jsonl_names_the_line_and_exits_2(server: ServerProcess, tmp_path: P
     assert f"{data}:2:" in result.stderr
 
 
+def test_unknown_request_field_exits_2_before_calling(server: ServerProcess) -> None:
+    result = cli(server, "load", "--request", '{"bogus": 1}')
+    assert result.returncode == 2
+    assert result.stderr.startswith("tandem: not a LoadModelRequest") and "bogus" in result.stderr
+
+
 def test_server_error_prints_the_code_and_exits_1(server: ServerProcess) -> None:
     result = cli(server, "generate", "x", "--max-tokens", "0")
     assert result.returncode == 1

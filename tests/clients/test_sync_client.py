@@ -132,3 +132,5 @@ def test_input_errors_are_caught_before_sending(client: tandem.Client) -> None:
         client.generate([3.5])
     with pytest.raises(ValueError, match="unknown loss"):
         client.train_step([SFT_EXAMPLE], loss="hinge")
+    with pytest.raises(ValueError, match="max_token"):
+        client.generate("x", sampling={"max_token": 3})

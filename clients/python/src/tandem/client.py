@@ -152,7 +152,8 @@ class Client(ClientBase):
         ``sequences`` are TrainSequence messages or their JSON form
         (``{"prompt": ..., "completion": ...}`` or ``{"token_ids": [...]}``);
         ``loss`` a LossConfig or "cross_entropy" / "importance_sampling" / "ppo_clip".
-        A TrainStep is not idempotent, but UNAVAILABLE means it never ran, so it is retried.
+        UNAVAILABLE is retried like on every call: it almost always means the
+        step never reached the model (see docs/clients.md for at-most-once).
         """
         request = train_request(sequences, loss, optimizer, accumulate)
         return self._unary(self._stub.TrainStep, request, timeout, self.settings.deadlines.train_step)

@@ -35,13 +35,16 @@ LOSS_FUNCTIONS: dict[str, int] = {
 
 
 def as_message(cls: type[M], value: M | Mapping[str, Any] | None) -> M:
-    """``value`` as a ``cls`` message: itself, parsed from its JSON form, or empty for None."""
+    """``value`` as a ``cls`` message: itself, parsed from its JSON form (ValueError if it does not fit), or empty for None."""
     if value is None:
         return cls()
     if isinstance(value, cls):
         return value
     if isinstance(value, Mapping):
-        return json_format.ParseDict(dict(value), cls())
+        try:
+            return json_format.ParseDict(dict(value), cls())
+        except json_format.ParseError as error:
+            raise ValueError(f"not a {cls.__name__}: {error}") from None
     raise TypeError(f"expected {cls.__name__} or a mapping, got {type(value).__name__}")
 
 
