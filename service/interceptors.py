@@ -17,12 +17,17 @@ from contextlib import aclosing, contextmanager
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
+from tandem.v1 import tandem_pb2
 
 from service.errors import ResourceExhausted, TandemError, status_name_for
 from service.metrics import Metrics
+from service.wire import undecodable_request
 
 log = logging.getLogger(__name__)
 SERVICE_PREFIX = "/tandem.v1.TandemService/"
+_METHODS = tandem_pb2.DESCRIPTOR.services_by_name["TandemService"].methods_by_name
+Decoder = Callable[[bytes], Any]
 
 
 class CallGate:
@@ -80,10 +85,25 @@ class _CallOutcome:
         self._metrics.request_seconds.labels(self._rpc).observe(time.perf_counter() - self._started)
 
 
-def _wrap_unary(metrics: Metrics, gate: CallGate, rpc: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+def _request_decoder(rpc: str, deserializer: Decoder) -> Decoder:
+    """Parse the request inside the handler, so bytes that do not decode become INVALID_ARGUMENT naming the field
+    (gRPC's own deserialization failure is UNKNOWN with protobuf's wording)."""
+    input_type = _METHODS[rpc].input_type
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError as error:
+            raise undecodable_request(raw, input_type, error) from None
+
+    return decode
+
+
+def _wrap_unary(metrics: Metrics, gate: CallGate, rpc: str, decode: Decoder, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         outcome = _CallOutcome(metrics, rpc, context)
         try:
+            request = decode(raw)
             with gate.enter():
                 return await behavior(request, context)
         except asyncio.CancelledError:
@@ -97,7 +117,7 @@ def _wrap_unary(metrics: Metrics, gate: CallGate, rpc: str, behavior: Callable[.
     return handle
 
 
-def _wrap_stream(metrics: Metrics, gate: CallGate, rpc: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., Awaitable[None]]:
+def _wrap_stream(metrics: Metrics, gate: CallGate, rpc: str, decode: Decoder, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., Awaitable[None]]:
     """A coroutine handler that writes each response itself.
 
     Not an async generator: when the client cancels or its deadline passes
@@ -107,9 +127,10 @@ def _wrap_stream(metrics: Metrics, gate: CallGate, rpc: str, behavior: Callable[
     when the garbage collector finds it.
     """
 
-    async def handle(request: Any, context: grpc.aio.ServicerContext) -> None:
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> None:
         outcome = _CallOutcome(metrics, rpc, context)
         try:
+            request = decode(raw)
             with gate.enter():
                 async with aclosing(behavior(request, context)) as responses:
                     async for response in responses:
@@ -138,9 +159,11 @@ class ErrorsAndMetricsInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not method.startswith(SERVICE_PREFIX):
             return handler
         rpc = method[len(SERVICE_PREFIX):]
-        common = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+        decode = _request_decoder(rpc, handler.request_deserializer)
+        wrap = dict(metrics=self._metrics, gate=self._gate, rpc=rpc, decode=decode)
+        raw_in = dict(request_deserializer=None, response_serializer=handler.response_serializer)  # handlers get bytes and decode them
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(self._metrics, self._gate, rpc, handler.unary_unary), **common)
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(behavior=handler.unary_unary, **wrap), **raw_in)
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream(self._metrics, self._gate, rpc, handler.unary_stream), **common)
+            return grpc.unary_stream_rpc_method_handler(_wrap_stream(behavior=handler.unary_stream, **wrap), **raw_in)
         return handler
