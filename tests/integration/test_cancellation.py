@@ -64,7 +64,7 @@ def test_cancelled_generate_stops_its_samples_within_a_second(server: ServerProc
 
 
 def test_expired_deadline_stops_its_samples_within_a_second(server: ServerProcess, stub) -> None:
-    call = stub.Generate(LONG_GENERATE, timeout=1.5)
+    call = stub.Generate(LONG_GENERATE, timeout=3)
     _first_chunk_then(server, call)
     with pytest.raises(grpc.RpcError) as error:
         list(call)
