@@ -173,3 +173,33 @@ func TestOptionsAreChecked(t *testing.T) {
 		t.Fatal("MaxAttempts 0 was accepted")
 	}
 }
+
+// TestMutualTLSAndToken runs against a server that demands a client certificate and a token:
+// $TANDEM_SECURE_ADDR with $TANDEM_CA_FILE, $TANDEM_CERT_FILE, $TANDEM_KEY_FILE and $TANDEM_TOKEN.
+func TestMutualTLSAndToken(t *testing.T) {
+	addr := os.Getenv("TANDEM_SECURE_ADDR")
+	if addr == "" {
+		t.Skip("TANDEM_SECURE_ADDR is not set (tests/clients/test_go_client.py sets it)")
+	}
+	tlsFiles := tandem.WithTLSFiles(os.Getenv("TANDEM_CA_FILE"), os.Getenv("TANDEM_CERT_FILE"), os.Getenv("TANDEM_KEY_FILE"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	client, err := tandem.New(addr, tlsFiles, tandem.WithToken(os.Getenv("TANDEM_TOKEN")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if model, err := client.GetModel(ctx); err != nil || model != nil {
+		t.Fatalf("GetModel over mutual TLS with the token: %v, %v (want no model, no error)", model, err)
+	}
+
+	anonymous, err := tandem.New(addr, tlsFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer anonymous.Close()
+	if _, err := anonymous.GetModel(ctx); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("without the token: %v, want Unauthenticated", err)
+	}
+}

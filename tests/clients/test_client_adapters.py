@@ -76,8 +76,12 @@ async def test_async_client_adapters(server: ServerProcess) -> None:
             await client.delete_adapter("client-async")
 
 
+def cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tandem.cli", "--target", server.address, *args], capture_output=True, text=True, timeout=60)
+
+
 def cli_json(server: ServerProcess, *args: str) -> dict:
-    result = subprocess.run([sys.executable, "-m", "tandem.cli", "--target", server.address, "--json", *args], capture_output=True, text=True, timeout=60)
+    result = cli(server, "--json", *args)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -89,5 +93,5 @@ def test_cli_adapter_commands(server: ServerProcess) -> None:
     loaded = cli_json(server, "adapters", "load", "cli-checkpoint")
     assert loaded["checkpoint"]["name"] == "cli-checkpoint" and int(loaded["adapter_version"]) > int(saved["adapter_version"])
     assert cli_json(server, "adapters", "delete", "cli-checkpoint") == {"deleted": "cli-checkpoint"}
-    missing = subprocess.run([sys.executable, "-m", "tandem.cli", "--target", server.address, "adapters", "delete", "cli-checkpoint"], capture_output=True, text=True, timeout=60)
+    missing = cli(server, "adapters", "delete", "cli-checkpoint")
     assert missing.returncode == 1 and missing.stderr.startswith("tandem: NOT_FOUND:")

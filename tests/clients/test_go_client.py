@@ -5,22 +5,51 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.support.server import REPO, ServerProcess, require_tool
+from tests.support.certs import CertificateAuthority
+from tests.support.server import REPO, ServerProcess, require_tool, start_server
 
 GO_MODULE = REPO / "clients" / "go"
+TOKEN = "go-client-token"
 
 
-def go(*args: str, address: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def go(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run the go tool in clients/go (module downloads come from the proxy; go.sum pins them)."""
-    env = {**os.environ, "GOFLAGS": os.environ.get("GOFLAGS", "-buildvcs=false")}
-    if address is not None:
-        env["TANDEM_ADDR"] = address
+    env = {**os.environ, "GOFLAGS": os.environ.get("GOFLAGS", "-buildvcs=false"), **(env or {})}
     result = subprocess.run([require_tool("go"), *args], cwd=GO_MODULE, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"go {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
+
+
+@pytest.fixture(scope="module")
+def secure_env(tiny_cache: Path, server_logs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A server demanding mutual TLS and a token (no model), described in the variables the Go test reads."""
+    directory = tmp_path_factory.mktemp("go-pki")
+    authority = CertificateAuthority(directory, "go-test-ca")
+    server_pem, client_pem = authority.issue("server", server=True), authority.issue("go-client", server=False)
+    (directory / "token").write_text(TOKEN)
+    process = start_server(
+        tiny_cache,
+        server_logs,
+        "--model", "none",
+        "--tls-cert", str(server_pem.cert),
+        "--tls-key", str(server_pem.key),
+        "--tls-client-ca", str(authority.pem.cert),
+        "--auth-token-file", str(directory / "token"),
+        wait_ready=False,
+    )  # fmt: skip
+    yield {
+        "TANDEM_SECURE_ADDR": process.address,
+        "TANDEM_CA_FILE": str(authority.pem.cert),
+        "TANDEM_CERT_FILE": str(client_pem.cert),
+        "TANDEM_KEY_FILE": str(client_pem.key),
+        "TANDEM_TOKEN": TOKEN,
+    }
+    process.stop()
 
 
 @pytest.mark.timeout(900)
@@ -29,16 +58,16 @@ def test_go_vet() -> None:
 
 
 @pytest.mark.timeout(900)
-def test_go_test_against_the_live_server(server: ServerProcess) -> None:
-    result = go("test", "-count=1", "-v", "./...", address=server.address)
+def test_go_test_against_live_servers(server: ServerProcess, secure_env: dict[str, str]) -> None:
+    result = go("test", "-count=1", "-v", "./...", env={"TANDEM_ADDR": server.address, **secure_env})
     passed = set(re.findall(r"--- PASS: (\w+)", result.stdout))
-    assert {"TestLoadGenerateTrainGenerate", "TestStoppingAStreamEarlyCancelsIt", "TestDeadlineExceeded"} <= passed
-    assert "--- SKIP" not in result.stdout, "TANDEM_ADDR reached the tests"
+    assert {"TestLoadGenerateTrainGenerate", "TestStoppingAStreamEarlyCancelsIt", "TestDeadlineExceeded", "TestMutualTLSAndToken"} <= passed
+    assert "--- SKIP" not in result.stdout, "the servers' addresses reached the tests"
 
 
 @pytest.mark.timeout(900)
 def test_example_program_runs_the_loop(server: ServerProcess) -> None:
-    result = go("run", "./examples/loop", "-target", server.address, "-steps", "3")
+    result = go("run", "./examples/loop", "-target", server.address, "-steps", "3", env={"TANDEM_TOKEN": ""})
     lines = result.stdout.splitlines()
     assert lines[0] == "loaded tandem/tiny (ENGINE_KIND_TRANSFORMERS engine)"
     assert lines[1].startswith("before: adapter version 0: ")

@@ -74,7 +74,7 @@ def test_unreachable_server_is_retried_with_growing_backoff_then_unavailable() -
     elapsed = time.monotonic() - started
     assert caught.value.code.name == "UNAVAILABLE"
     assert [(attempt, code) for attempt, code, _ in retries.calls] == [(1, "UNAVAILABLE"), (2, "UNAVAILABLE"), (3, "UNAVAILABLE")]
-    for (attempt, _, delay), ceiling in zip(retries.calls, (0.1, 0.2, 0.4)):
+    for (attempt, _, delay), ceiling in zip(retries.calls, (0.1, 0.2, 0.4), strict=True):
         assert ceiling / 2 <= delay <= ceiling, f"retry {attempt} waited {delay}"
     assert elapsed >= sum(delay for _, _, delay in retries.calls)
 

@@ -115,9 +115,7 @@ class AsyncClient(ClientBase):
         request = generate_request(prompts, sampling, adapter)
         return self._stream(self._stub.Generate, request, timeout, self.settings.deadlines.generate)
 
-    async def generate(
-        self, prompts: Prompts, *, sampling: MessageInput | None = None, adapter: str = "", timeout: float | None = None
-    ) -> list[Completion]:
+    async def generate(self, prompts: Prompts, *, sampling: MessageInput | None = None, adapter: str = "", timeout: float | None = None) -> list[Completion]:
         """Generate and collect whole completions, ordered by prompt then sample index."""
         collector = CompletionCollector()
         async for chunk in self.generate_stream(prompts, sampling=sampling, adapter=adapter, timeout=timeout):
@@ -137,9 +135,7 @@ class AsyncClient(ClientBase):
         request = train_request(sequences, loss, optimizer, accumulate)
         return await self._unary(self._stub.TrainStep, request, timeout, self.settings.deadlines.train_step)
 
-    async def compute_logprobs(
-        self, sequences: Iterable[Sequence[int]], *, adapter: str = "", timeout: float | None = None
-    ) -> pb.ComputeLogprobsResponse:
+    async def compute_logprobs(self, sequences: Iterable[Sequence[int]], *, adapter: str = "", timeout: float | None = None) -> pb.ComputeLogprobsResponse:
         """Per-token logprobs of token-id sequences under an adapter ("" current, "base", or a saved name)."""
         request = logprobs_request(sequences, adapter)
         return await self._unary(self._stub.ComputeLogprobs, request, timeout, self.settings.deadlines.call)

@@ -51,6 +51,14 @@ def print_json(document: object) -> None:
     print(json.dumps(document, indent=2))
 
 
+def emit(args: argparse.Namespace, document: object, text: str) -> None:
+    """Print the JSON document with --json, else the human-readable text."""
+    if args.json:
+        print_json(document)
+    else:
+        print(text)
+
+
 def describe(model: pb.ModelInfo) -> str:
     """A one-line summary of a loaded model."""
     engine = pb.EngineKind.Name(model.engine).removeprefix("ENGINE_KIND_").lower()
@@ -65,10 +73,8 @@ def describe(model: pb.ModelInfo) -> str:
 def cmd_status(client: Client, args: argparse.Namespace) -> None:
     """Show what the server has loaded."""
     model = client.get_model()
-    if args.json:
-        print_json({"loaded": model is not None, "model": to_json(model) if model is not None else None})
-    else:
-        print(describe(model) if model is not None else f"{client.target}: no model loaded")
+    document = {"loaded": model is not None, "model": to_json(model) if model is not None else None}
+    emit(args, document, describe(model) if model is not None else f"{client.target}: no model loaded")
 
 
 def load_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -99,13 +105,13 @@ def cmd_load(client: Client, args: argparse.Namespace) -> None:
     finally:
         if bar is not None:
             bar.finish()
-    print_json(to_json(model)) if args.json else print(describe(model))
+    emit(args, to_json(model), describe(model))
 
 
 def cmd_unload(client: Client, args: argparse.Namespace) -> None:
     """Release the model."""
     unloaded = client.unload_model()
-    print_json({"unloaded": unloaded}) if args.json else print("unloaded" if unloaded else "no model was loaded")
+    emit(args, {"unloaded": unloaded}, "unloaded" if unloaded else "no model was loaded")
 
 
 def sampling_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -208,23 +214,25 @@ def cmd_train(client: Client, args: argparse.Namespace) -> None:
         print_json({"steps": steps})
 
 
+def describe_checkpoint(checkpoint: pb.AdapterCheckpoint) -> str:
+    """A one-line summary of a saved adapter."""
+    return f"{checkpoint.name}: step {checkpoint.step}, adapter version {checkpoint.adapter_version}, rank {checkpoint.rank}, {checkpoint.size_bytes} bytes"
+
+
 def cmd_adapters(client: Client, args: argparse.Namespace) -> None:
     """List, save, load or delete adapter checkpoints."""
     if args.action == "list":
         checkpoints = client.list_adapters()
-        if args.json:
-            print_json({"checkpoints": [to_json(c) for c in checkpoints]})
-        for checkpoint in [] if args.json else checkpoints:
-            print(f"{checkpoint.name}  step {checkpoint.step}  adapter version {checkpoint.adapter_version}  rank {checkpoint.rank}  {checkpoint.size_bytes} bytes")
+        emit(args, {"checkpoints": [to_json(c) for c in checkpoints]}, "\n".join(describe_checkpoint(c) for c in checkpoints) or "no checkpoints")
     elif args.action == "save":
         checkpoint = client.save_adapter(args.name, overwrite=args.overwrite)
-        print_json(to_json(checkpoint)) if args.json else print(f"saved {checkpoint.name} (step {checkpoint.step}, adapter version {checkpoint.adapter_version})")
+        emit(args, to_json(checkpoint), f"saved {describe_checkpoint(checkpoint)}")
     elif args.action == "load":
         reply = client.load_adapter(args.name)
-        print_json(to_json(reply)) if args.json else print(f"loaded {args.name}: step {reply.step}, adapter version {reply.adapter_version}")
+        emit(args, to_json(reply), f"loaded {args.name}: step {reply.step}, adapter version {reply.adapter_version}")
     else:
         client.delete_adapter(args.name)
-        print_json({"deleted": args.name}) if args.json else print(f"deleted {args.name}")
+        emit(args, {"deleted": args.name}, f"deleted {args.name}")
 
 
 def add_common_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -233,7 +241,9 @@ def add_common_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
     def default(value: object) -> object:
         return argparse.SUPPRESS if suppress else value
 
-    parser.add_argument("--target", default=default(os.environ.get("TANDEM_TARGET", DEFAULT_TARGET)), help="server host:port (default $TANDEM_TARGET or %s)" % DEFAULT_TARGET)
+    parser.add_argument(
+        "--target", default=default(os.environ.get("TANDEM_TARGET", DEFAULT_TARGET)), help=f"server host:port (default $TANDEM_TARGET or {DEFAULT_TARGET})"
+    )
     parser.add_argument("--token", default=default(os.environ.get("TANDEM_TOKEN")), help="bearer token (default $TANDEM_TOKEN)")
     parser.add_argument("--tls", action="store_true", default=default(False), help="use TLS (implied by the certificate flags)")
     parser.add_argument("--ca-cert", default=default(None), help="PEM file of the CA that signed the server certificate")

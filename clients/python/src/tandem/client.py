@@ -129,9 +129,7 @@ class Client(ClientBase):
         request = generate_request(prompts, sampling, adapter)
         return self._stream(self._stub.Generate, request, timeout, self.settings.deadlines.generate)
 
-    def generate(
-        self, prompts: Prompts, *, sampling: MessageInput | None = None, adapter: str = "", timeout: float | None = None
-    ) -> list[Completion]:
+    def generate(self, prompts: Prompts, *, sampling: MessageInput | None = None, adapter: str = "", timeout: float | None = None) -> list[Completion]:
         """Generate and collect whole completions, ordered by prompt then sample index."""
         collector = CompletionCollector()
         for chunk in self.generate_stream(prompts, sampling=sampling, adapter=adapter, timeout=timeout):
@@ -158,9 +156,7 @@ class Client(ClientBase):
         request = train_request(sequences, loss, optimizer, accumulate)
         return self._unary(self._stub.TrainStep, request, timeout, self.settings.deadlines.train_step)
 
-    def compute_logprobs(
-        self, sequences: Iterable[Sequence[int]], *, adapter: str = "", timeout: float | None = None
-    ) -> pb.ComputeLogprobsResponse:
+    def compute_logprobs(self, sequences: Iterable[Sequence[int]], *, adapter: str = "", timeout: float | None = None) -> pb.ComputeLogprobsResponse:
         """Per-token logprobs of token-id sequences under an adapter ("" current, "base", or a saved name)."""
         request = logprobs_request(sequences, adapter)
         return self._unary(self._stub.ComputeLogprobs, request, timeout, self.settings.deadlines.call)

@@ -10,7 +10,7 @@ BAR_WIDTH = 30
 
 
 def phase_name(phase: int) -> str:
-    """"weights" for LOAD_PHASE_WEIGHTS, and so on."""
+    """ "weights" for LOAD_PHASE_WEIGHTS, and so on."""
     return pb.LoadPhase.Name(phase).removeprefix("LOAD_PHASE_").lower()
 
 
