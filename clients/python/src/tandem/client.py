@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from tandem.client_base import ClientBase, loaded_model, missing_model_error
+from tandem.client_base import ClientBase, ProgressCallback, loaded_model, missing_model_error
 from tandem.completions import Completion, CompletionCollector
 from tandem.errors import from_rpc_error
 from tandem.requests import MessageInput, Prompts, generate_request, load_request, logprobs_request, train_request
@@ -31,7 +31,6 @@ from tandem.v1 import tandem_pb2 as pb
 from tandem.v1 import tandem_pb2_grpc
 
 R = TypeVar("R", bound=Message)
-ProgressCallback = Callable[[pb.LoadProgress], None]
 
 
 class Client(ClientBase):

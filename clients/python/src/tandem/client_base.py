@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tandem.connection import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET, ConnectionSettings, TlsOptions
 from tandem.errors import TandemError
 from tandem.retry import Attempts, Deadline, Deadlines, RetryPolicy
 from tandem.v1 import tandem_pb2 as pb
+
+ProgressCallback = Callable[[pb.LoadProgress], None]
+"""Called with each LoadModel progress event."""
 
 
 class ClientBase:
