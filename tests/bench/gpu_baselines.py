@@ -121,10 +121,12 @@ def main() -> None:
     context = BuildContext(spec, model_dir, tokenizer=None, dtype=DTYPE, device=DEVICE, report=lambda *a, **k: None)
     started = time.perf_counter()
     llm = LLM(**engine_kwargs(context, VllmOptions()))
+    torch.cuda.empty_cache()  # as the service does after LoadModel: count what is held, not what is cached
     result = {"vllm_load_seconds": time.perf_counter() - started, "vllm_alone_used_bytes": gpu_used_bytes()}
     print(f"vLLM alone: {result['vllm_alone_used_bytes'] / 2**30:.2f} GiB in use", flush=True)
 
     peft_model = attach_lora(load_hf_base(model_dir, spec, DTYPE, DEVICE), spec)
+    torch.cuda.empty_cache()
     result["base_twice_used_bytes"] = gpu_used_bytes()
     with torch.no_grad():  # a non-zero adapter, so LoRA changes what vLLM samples
         for name, param in peft_model.named_parameters():

@@ -12,7 +12,9 @@ On the 1.1B-shaped built-in model in 4 bits with a rank-64 LoRA it measures:
 2. a second server on the same compile cache: LoadModel seconds (warm);
 3. gpu_baselines.py in its own process: vLLM alone with the same engine
    settings (memory, ``LLM.generate`` tokens/s), the base loaded a second
-   time through transformers, transformers ``generate`` and a plain PEFT loop.
+   time through transformers, transformers ``generate`` and a plain PEFT loop;
+4. gpu_runtime_profile.py in its own process: the same Generate batch on the
+   runtime without gRPC, with the device thread's time inside vLLM's step.
 
 Prints a table, writes tests/bench/results/<date>-gpu-<gpu>.json (GPU, versions,
 settings, figures, targets) and a PNG plot beside it.
@@ -89,18 +91,19 @@ def train_steps(stub) -> dict:
     request = pb.TrainStepRequest(
         sequences=[pb.TrainSequence(token_ids=ids) for ids in train_batch()], optimizer=pb.OptimizerConfig(learning_rate=LEARNING_RATE)
     )
-    walls, syncs, tokens = [], [], 0
+    walls, phases, tokens = [], [], 0
     for _ in range(TRAIN_STEPS):
         started = time.perf_counter()
         reply = stub.TrainStep(request, timeout=600)
         walls.append(time.perf_counter() - started)
-        syncs.append(reply.seconds.sync)
+        phases.append({f.name: getattr(reply.seconds, f.name) for f in reply.seconds.DESCRIPTOR.fields})
         tokens = reply.tokens
     timed = walls[1:]
     return {
         "tokens_per_step": tokens,
         "step_seconds": walls,
-        "sync_seconds": syncs,
+        "sync_seconds": [p["sync"] for p in phases],
+        "mean_phase_seconds": {name: statistics.mean(p[name] for p in phases[1:]) for name in phases[0]},
         "tokens_per_second": tokens * len(timed) / sum(timed),
     }
 
@@ -156,14 +159,16 @@ def _memory(info: pb.ModelInfo) -> dict:
     return {f.name: getattr(m, f.name) for f in m.DESCRIPTOR.fields}
 
 
-def run_baselines(cache_dir: Path, logs: Path) -> dict:
-    out = logs / "baselines.json"
-    with (logs / "baselines.log").open("w") as log:
-        subprocess.run([sys.executable, str(REPO / "tests/bench/gpu_baselines.py"), "--cache-dir", str(cache_dir), "--json", str(out)], check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+def run_phase(script: str, cache_dir: Path, logs: Path) -> dict:
+    """Run tests/bench/<script>.py in a process of its own; its JSON result."""
+    out = logs / f"{script}.json"
+    with (logs / f"{script}.log").open("w") as log:
+        command = [sys.executable, str(REPO / f"tests/bench/{script}.py"), "--cache-dir", str(cache_dir), "--json", str(out)]
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     return json.loads(out.read_text())
 
 
-def summarize(service: dict, warm: dict, baselines: dict) -> dict:
+def summarize(service: dict, warm: dict, baselines: dict, profile: dict) -> dict:
     train = service["train"]
     syncs_ms = sorted(s * 1000 for s in train["sync_seconds"])
     generate = service["generate_tokens_per_second"]["concurrent_rpcs"]
@@ -171,6 +176,7 @@ def summarize(service: dict, warm: dict, baselines: dict) -> dict:
     return {
         "service_generate_tokens_per_second": generate,
         "service_generate_one_rpc_tokens_per_second": service["generate_tokens_per_second"]["one_rpc"],
+        "runtime_generate_tokens_per_second": max(run["tokens_per_second"] for run in profile.values()),
         "vllm_generate_tokens_per_second": baselines["vllm_generate_tokens_per_second"],
         "transformers_generate_tokens_per_second": baselines["transformers_generate_tokens_per_second"],
         "generate_vs_vllm": generate / baselines["vllm_generate_tokens_per_second"],
@@ -256,8 +262,10 @@ def main() -> None:
     print("service, warm compile cache ...", flush=True)
     warm = run_service(cache_dir, work, cold=False)
     print("baselines ...", flush=True)
-    baselines = run_baselines(cache_dir, work)
-    figures = summarize(service, warm, baselines)
+    baselines = run_phase("gpu_baselines", cache_dir, work)
+    print("runtime profile ...", flush=True)
+    profile = run_phase("gpu_runtime_profile", cache_dir, work)
+    figures = summarize(service, warm, baselines, profile)
     targets = verdicts(figures)
     gpu = gpu_name()
     date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
@@ -280,7 +288,7 @@ def main() -> None:
         },
         "results": figures,
         "targets": targets,
-        "details": {"service": service, "warm": warm, "baselines": baselines},
+        "details": {"service": service, "warm": warm, "baselines": baselines, "runtime_profile": profile},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")

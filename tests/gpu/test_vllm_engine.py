@@ -134,6 +134,18 @@ async def test_a_generate_joins_a_running_one_and_finishes_first(controller: Con
     assert all(len(tokens_of(long, p)) == 400 for p in range(4))
 
 
+async def test_a_lone_sample_streams_every_token_and_a_large_batch_streams_in_chunks(controller: Controller) -> None:
+    lone = await generate(controller, [PROMPT], greedy(16))
+    assert [len(c.token_ids) for c in lone] == [1] * 16
+    batch = await generate(controller, [PROMPT] * 64, greedy(64))
+    assert all(len(tokens_of(batch, p)) == 64 for p in range(64))
+    first_chunks = {}
+    for chunk in batch:
+        first_chunks.setdefault(chunk.prompt_index, chunk)
+    assert all(len(c.token_ids) == 1 for c in first_chunks.values()), "the first token must not wait for a full chunk"
+    assert len(batch) < 64 * 64 / 2, f"{len(batch)} chunks for 4096 tokens: a large batch should stream several tokens per chunk"
+
+
 async def test_a_cancelled_generate_is_aborted_in_the_engine(controller: Controller) -> None:
     engine = loaded(controller).engine
     stream = controller.generate(GenerateSpec(prompts=(PromptSpec(token_ids=PROMPT),) * 8, sampling=greedy(900)))

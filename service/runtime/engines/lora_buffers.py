@@ -80,15 +80,16 @@ class LoraBufferSync:
             self._b_src.append(pair.b)
             self._b_dst.append(b_view)
             self._scales.append(pair.scaling)
-        self.bytes = sum(t.numel() * t.element_size() for t in (*self._a_dst, *self._b_dst))
-        """Bytes written into the engine's buffers per sync."""
+        self._scaled = any(scale != 1.0 for scale in self._scales)
 
     @torch.inference_mode()  # vLLM may have made its buffers as inference tensors: update them in that mode
     def copy(self) -> float:
-        """Copy the current A and B (B scaled) into the engine's buffers; return seconds, copies completed."""
+        """Copy the current A and B into the engine's buffers, then scale B there (as vLLM's loader does, in the
+        engine's dtype); return seconds, copies completed."""
         started = time.perf_counter()
-        scaled_b = torch._foreach_mul(self._b_src, self._scales)
         torch._foreach_copy_(self._a_dst, self._a_src)
-        torch._foreach_copy_(self._b_dst, scaled_b)
+        torch._foreach_copy_(self._b_dst, self._b_src)
+        if self._scaled:
+            torch._foreach_mul_(self._b_dst, self._scales)
         torch.cuda.current_stream().synchronize()
         return time.perf_counter() - started

@@ -11,6 +11,7 @@ once. vLLM is imported only here, so CPU installs never need it.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,9 @@ from service.runtime.memory import tensor_bytes
 from service.runtime.model import attach_lora, eos_ids
 from service.runtime.specs import LoadPhase, LoadSpec
 
+GIL_SWITCH_SECONDS = 0.001
+"""Python's thread switch interval with the engine in process (default 0.005): the decode loop drops the GIL
+while it waits for the GPU and must get it back from the gRPC event loop quickly to launch the next step."""
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The max_lora_rank values vLLM accepts; a LoadModel value between them is rounded up."""
 
@@ -101,6 +105,8 @@ def build(ctx: BuildContext) -> BuiltModel:
     engine = VllmEngine(llm_engine, sync, KvStandby(runner) if spec.standby else None)
     scheduler = llm_engine.engine_core.engine_core.scheduler
     kv_bytes = tensor_bytes(t for t in runner.kv_caches if t is not None)
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    torch.cuda.empty_cache()  # give back what building the trainer used transiently
     return BuiltModel(
         model=model,
         engine=engine,

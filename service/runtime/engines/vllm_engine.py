@@ -2,7 +2,8 @@
 
 ``add_request`` hands a sample to vLLM's scheduler, ``step`` runs one engine
 iteration (continuous batching across every Generate call in flight) and turns
-vLLM's delta outputs into SampleChunks, ``abort`` cancels in the scheduler.
+vLLM's delta outputs into SampleChunks (several tokens each under load, see
+``stream_interval``), ``abort`` cancels in the scheduler.
 The trained adapter sits pinned in one LoRA slot and ``sync_adapter`` copies
 new weights into it (see ``lora_buffers.py``); its prefix-cache entries are
 salted with the adapter version, so KV blocks computed under an older adapter
@@ -31,6 +32,8 @@ from service.runtime.specs import BASE_ADAPTER, FinishReason, SampleChunk, Sampl
 
 TRAINED_LORA_ID = 1
 """vLLM's id of the trained adapter; saved adapters get ids above it."""
+CHUNKS_PER_STEP = 4
+MAX_STREAM_INTERVAL = 64
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
 
 
@@ -103,6 +106,7 @@ class VllmEngine:
     def add_request(self, request: EngineRequest) -> None:
         lora, version, salt = self._adapter_of(request.adapter)
         prompt = tokens_input(list(request.prompt_ids), cache_salt=salt)
+        self._llm.output_processor.stream_interval = stream_interval(len(self._live) + 1)
         self._llm.add_request(request.request_id, prompt, sampling_params(request.sampling), lora_request=lora)
         self._live[request.request_id] = _Live(request, version)
 
@@ -192,6 +196,21 @@ class VllmEngine:
         if saved is None:
             raise NotFound(f"adapter {selector!r} is not loaded in the engine")
         return saved, self._adapter_version, None
+
+
+def stream_interval(running: int) -> int:
+    """Tokens per streamed chunk for a sample admitted while ``running`` samples run (itself included).
+
+    Every chunk costs Python work (a vLLM RequestOutput, a SampleChunk, a hop
+    to the event loop, a gRPC message) on the threads that share the GIL with
+    the decode loop. A sample admitted to a light load streams every token; in
+    a large batch each sample sends its first token at once, then one chunk per
+    ``running / CHUNKS_PER_STEP`` tokens (at most MAX_STREAM_INTERVAL), so a
+    step yields about CHUNKS_PER_STEP chunks per admitted cohort whatever the
+    batch size. The interval is fixed for the sample's life: vLLM counts
+    unsent tokens from the last chunk.
+    """
+    return max(1, min(MAX_STREAM_INTERVAL, -(-running // CHUNKS_PER_STEP)))
 
 
 def sampling_params(spec: SamplingSpec) -> SamplingParams:
