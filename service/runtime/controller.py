@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from typing import NamedTuple
 
 import torch
 
@@ -249,15 +250,15 @@ class Controller:
                 if chunk.finish_reason is not None:
                     unfinished.discard(id_of[(chunk.prompt_index, chunk.sample_index)])
                 # A saved adapter's samples carry the version it had when it was saved.
-                yield chunk if pinned is None else replace(chunk, adapter_version=pinned[1].adapter_version)
+                yield chunk if pinned is None else replace(chunk, adapter_version=pinned.checkpoint.adapter_version)
         finally:
             self._queued_samples -= samples
             if pinned is not None:
-                pinned[0].unpin(spec.adapter)
+                pinned.slots.unpin(spec.adapter)
             if unfinished:
                 self._device.abort(sorted(unfinished))
 
-    async def _pin_saved_adapter(self, model: LoadedModel, adapter: str) -> tuple[AdapterSlots, AdapterCheckpoint] | None:
+    async def _pin_saved_adapter(self, model: LoadedModel, adapter: str) -> _PinnedAdapter | None:
         """For a saved adapter's name: pin it in the engine's slots and have the engine hold it.
 
         Loading it is a device call, so only a first use waits for running samples;
@@ -280,7 +281,7 @@ class Controller:
         except BaseException:
             slots.unpin(adapter)
             raise
-        return slots, checkpoint
+        return _PinnedAdapter(slots, checkpoint)
 
     # --- TrainStep / ComputeLogprobs ---------------------------------------------------------
 
@@ -382,6 +383,13 @@ class Controller:
             self._store.delete(name)
 
         await self._device.call(run)
+
+
+class _PinnedAdapter(NamedTuple):
+    """A saved adapter a Generate samples from: the slots it is pinned in and the checkpoint loaded."""
+
+    slots: AdapterSlots
+    checkpoint: AdapterCheckpoint
 
 
 @torch.inference_mode()
