@@ -98,10 +98,6 @@ class CheckpointStore:
         check_checkpoint_name("name", name)
         return confined_path(self.root, name, "name")
 
-    def exists(self, name: str) -> bool:
-        """A checkpoint of this name is saved."""
-        return (self.directory(name) / METADATA_FILE).is_file()
-
     def write(self, contents: CheckpointContents, overwrite: bool) -> AdapterCheckpoint:
         """Write a checkpoint atomically; ALREADY_EXISTS unless ``overwrite``, RESOURCE_EXHAUSTED when the disk is full."""
         name = contents.metadata.name
