@@ -11,7 +11,6 @@ for the same batches as a run that never stopped.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 
 import torch
 
