@@ -10,9 +10,13 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from peft import PeftModel
 from tandem.v1 import tandem_pb2 as pb
 from tandem.v1 import tandem_pb2_grpc
 
+from service.runtime.model import load_hf_base
+from service.runtime.specs import LoadSpec
+from service.tiny_model import ensure_builtin_model
 from tests.support.server import ServerProcess, start_server
 
 PROMPT = [1, 40, 41, 42]
@@ -107,12 +111,6 @@ def test_save_list_delete_and_the_files_are_a_peft_adapter(ckpt_stub, checkpoint
     assert not [p.name for p in checkpoint_root.iterdir() if p.name.startswith(".")]  # no temporary directories left
 
     # PEFT itself loads the directory onto the 4-bit base and scores like the server does.
-    from peft import PeftModel
-
-    from service.runtime.model import load_hf_base
-    from service.runtime.specs import LoadSpec
-    from service.tiny_model import ensure_builtin_model
-
     base = load_hf_base(ensure_builtin_model("tandem/tiny", tiny_cache), LoadSpec(), torch.float32, torch.device("cpu"))
     peft_model = PeftModel.from_pretrained(base, directory).eval()
     ids = PROMPT + FIRST
