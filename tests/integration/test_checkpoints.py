@@ -99,6 +99,8 @@ def code_of(call) -> grpc.StatusCode:
 def test_save_list_delete_and_the_files_are_a_peft_adapter(ckpt_stub, checkpoint_root, tiny_cache):
     train(ckpt_stub, FIRST, steps=3)
     info = model_info(ckpt_stub)
+    ids = PROMPT + FIRST
+    current_before = logprobs(ckpt_stub, ids)
     saved = save(ckpt_stub, "peft-format.v1")
     assert (saved.name, saved.step, saved.adapter_version) == ("peft-format.v1", info.step, info.adapter_version)
     assert saved.rank == info.lora.rank and saved.model_name == "tandem/tiny" and saved.size_bytes > 0 and saved.created_unix_seconds > 0
@@ -113,11 +115,13 @@ def test_save_list_delete_and_the_files_are_a_peft_adapter(ckpt_stub, checkpoint
     # PEFT itself loads the directory onto the 4-bit base and scores like the server does.
     base = load_hf_base(ensure_builtin_model("tandem/tiny", tiny_cache), LoadSpec(), torch.float32, torch.device("cpu"))
     peft_model = PeftModel.from_pretrained(base, directory).eval()
-    ids = PROMPT + FIRST
     with torch.no_grad():
         peft_logprobs = torch.log_softmax(peft_model(input_ids=torch.tensor([ids])).logits[0, :-1], -1)
     expected = [0.0] + [float(peft_logprobs[i, ids[i + 1]]) for i in range(len(ids) - 1)]
     assert logprobs(ckpt_stub, ids, "peft-format.v1")[0] == pytest.approx(expected, abs=1e-4)
+    # Saving and loading adapters leaves the served model exactly as it was (bitsandbytes' CPU
+    # weight repacking once broke this: state_dict() changed every output).
+    assert logprobs(ckpt_stub, ids) == current_before
 
     ckpt_stub.DeleteAdapter(pb.DeleteAdapterRequest(name="peft-format.v1"), timeout=60)
     assert "peft-format.v1" not in listed(ckpt_stub) and not directory.exists()
