@@ -55,6 +55,15 @@ class Tally:
     train_seconds: list[float] = field(default_factory=list)
     tokens: int = 0
     errors: Counter = field(default_factory=Counter)
+    calls: list[tuple[float, str, float]] = field(default_factory=list)
+    """(seconds into the run when the call started, RPC, seconds it took), for finding stalls."""
+    started: float = field(default_factory=time.perf_counter)
+
+    def record(self, rpc: str, started: float) -> float:
+        """Note one finished call; returns its latency."""
+        seconds = time.perf_counter() - started
+        self.calls.append((started - self.started, rpc, seconds))
+        return seconds
 
 
 def rss_bytes(pid: int) -> int:
@@ -83,7 +92,7 @@ async def generate_worker(stub, tally: Tally, stop_at: float, max_tokens: int, w
         except grpc.aio.AioRpcError as error:
             tally.errors[f"Generate {error.code().name}: {error.details()}"] += 1
             continue
-        tally.generate_seconds.append(time.perf_counter() - started)
+        tally.generate_seconds.append(tally.record("Generate", started))
         if first is not None:
             tally.first_token_seconds.append(first)
 
@@ -98,7 +107,7 @@ async def train_worker(stub, tally: Tally, stop_at: float) -> None:
             continue
         if reply.outcome != pb.STEP_OUTCOME_APPLIED:
             tally.errors[f"TrainStep outcome {pb.StepOutcome.Name(reply.outcome)}"] += 1
-        tally.train_seconds.append(time.perf_counter() - started)
+        tally.train_seconds.append(tally.record("TrainStep", started))
 
 
 async def sample_rss(pid: int, samples: list[tuple[float, int]], stop_at: float, started: float) -> None:
@@ -167,6 +176,7 @@ def main() -> int:
         "train_steps": len(tally.train_seconds),
         "train_p50_seconds": percentile(tally.train_seconds, 50),
         "train_p99_seconds": percentile(tally.train_seconds, 99),
+        "slowest_calls": [{"started_at_seconds": round(t, 2), "rpc": rpc, "seconds": round(d, 3)} for t, rpc, d in sorted(tally.calls, key=lambda c: -c[2])[:8]],
         "unexpected_errors": errors,
         "error_kinds": dict(tally.errors),
         "rss_after_warmup_bytes": start_rss,
