@@ -4,8 +4,9 @@ gpu_bench.py runs it in a process of its own. It loads the benchmark model
 through the Controller, then generates the benchmark batch as PROMPTS
 concurrent ``controller.generate`` calls, timing the device thread's time
 inside vLLM's ``LLMEngine.step`` and inside the engine adapter's ``step``
-(vLLM plus the conversion to SampleChunks). It does so with Python's default
-thread switch interval and with the one the vLLM backend sets.
+(vLLM plus the conversion to SampleChunks), and TrainStep's phases. It does
+so with Python's default thread switch interval, 1 ms, and the one the vLLM
+backend sets.
 
     python tests/bench/gpu_runtime_profile.py --cache-dir DIR --json OUT.json
 """
@@ -28,8 +29,10 @@ from service.config import ServerConfig  # noqa: E402
 from service.metrics import Metrics  # noqa: E402
 from service.runtime.controller import Controller  # noqa: E402
 from service.runtime.engines.vllm_backend import GIL_SWITCH_SECONDS  # noqa: E402
-from service.runtime.specs import GenerateSpec, ModelDescription, PromptSpec, SamplingSpec  # noqa: E402
-from tests.bench.gpu_workload import NEW_TOKENS, PROMPT_TOKENS, PROMPTS, load_spec, prompt_ids  # noqa: E402
+from service.runtime.specs import GenerateSpec, ModelDescription, OptimizerSpec, PromptSpec, SamplingSpec, TrainSequenceSpec, TrainSpec  # noqa: E402
+from tests.bench.gpu_workload import LEARNING_RATE, NEW_TOKENS, PROMPT_TOKENS, PROMPTS, load_spec, prompt_ids, train_batch  # noqa: E402
+
+SWITCH_INTERVALS = (0.005, 0.001, GIL_SWITCH_SECONDS)
 
 
 class StepTimer:
@@ -64,6 +67,12 @@ async def generate_all(controller: Controller, prompts: list[list[int]]) -> tupl
     return sum(t for t, _ in counts), sum(c for _, c in counts)
 
 
+async def mean_train_phases(controller: Controller, train: TrainSpec, steps: int) -> dict:
+    """Mean seconds of each TrainStep phase over ``steps`` steps."""
+    results = [(await controller.train_step(train)).seconds for _ in range(steps)]
+    return {name: sum(getattr(r, name) for r in results) / steps for name in ("prepare", "forward_backward", "optimizer", "sync", "total")}
+
+
 async def profile(cache_dir: Path) -> dict:
     controller = Controller(ServerConfig(cache_dir=cache_dir, startup_model=None), Metrics(CollectorRegistry()))
     controller.start()
@@ -77,7 +86,10 @@ async def profile(cache_dir: Path) -> dict:
         prompts = prompt_ids(PROMPTS, PROMPT_TOKENS)
         await generate_all(controller, prompts[:16])
         result = {}
-        for label, interval in (("switch_interval_5ms", 0.005), (f"switch_interval_{GIL_SWITCH_SECONDS * 1000:g}ms", GIL_SWITCH_SECONDS)):
+        train = TrainSpec(sequences=tuple(TrainSequenceSpec(token_ids=tuple(ids)) for ids in train_batch()), optimizer=OptimizerSpec(learning_rate=LEARNING_RATE))
+        await controller.train_step(train)
+        for interval in SWITCH_INTERVALS:
+            label = f"switch_interval_{interval * 1000:g}ms"
             sys.setswitchinterval(interval)
             vllm_step.seconds = adapter_step.seconds = 0.0
             vllm_step.calls = 0
@@ -91,6 +103,7 @@ async def profile(cache_dir: Path) -> dict:
                 "wall_seconds": wall,
                 "in_vllm_step_seconds": vllm_step.seconds,
                 "in_adapter_step_seconds": adapter_step.seconds,
+                "train_step_mean_phase_seconds": await mean_train_phases(controller, train, steps=5),
             }
             print(label, json.dumps(result[label]), flush=True)
         return result

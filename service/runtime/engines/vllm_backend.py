@@ -23,7 +23,7 @@ from service.runtime.memory import tensor_bytes
 from service.runtime.model import attach_lora, eos_ids
 from service.runtime.specs import LoadPhase, LoadSpec
 
-GIL_SWITCH_SECONDS = 0.001
+GIL_SWITCH_SECONDS = 0.00025
 """Python's thread switch interval with the engine in process (default 0.005): the decode loop drops the GIL
 while it waits for the GPU and must get it back from the gRPC event loop quickly to launch the next step."""
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

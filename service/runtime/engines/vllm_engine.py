@@ -32,8 +32,8 @@ from service.runtime.specs import BASE_ADAPTER, FinishReason, SampleChunk, Sampl
 
 TRAINED_LORA_ID = 1
 """vLLM's id of the trained adapter; saved adapters get ids above it."""
-CHUNKS_PER_STEP = 4
-MAX_STREAM_INTERVAL = 64
+CHUNKS_PER_STEP = 2
+MAX_STREAM_INTERVAL = 128
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
 
 
