@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.server import REPO, ServerProcess, start_server
-
-EXAMPLES = REPO / "clients" / "python" / "examples"
+from tests.support.server import ServerProcess, start_server
 
 
 @pytest.fixture
@@ -20,10 +16,3 @@ def example_server(tiny_cache: Path, server_logs: Path, tmp_path: Path) -> Itera
     process = start_server(tiny_cache, server_logs, "--checkpoint-root", str(tmp_path / "checkpoints"))
     yield process
     process.stop()
-
-
-def run_example(script: str, *args: str, timeout: float) -> str:
-    """Run ``clients/python/examples/<script>`` with the test's Python; its output, or a failure showing it."""
-    done = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    assert done.returncode == 0, f"{script} exited with {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout

@@ -6,16 +6,15 @@ import json
 
 import pytest
 
-from tests.examples.conftest import run_example
+from tests.examples.runner import run_example
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def test_grpo_raises_the_mean_reward_clearly(example_server, tmp_path):
     record = tmp_path / "curve.json"
-    output = run_example("grpo.py", "--address", example_server.address, "--steps", "25", "--json", str(record), timeout=280)
+    run_example("grpo.py", "--address", example_server.address, "--steps", "20", "--json", str(record), timeout=280)
     curve = json.loads(record.read_text())
-    print(output.splitlines()[-1])  # the reward summary, for the test log
-    assert curve["steps"] == 25 and len(curve["rewards"]) == 25
+    assert curve["steps"] == 20 and len(curve["rewards"]) == 20
     assert curve["start"] < 0.3  # a random policy hits the 128-token band about 1/8 of the time
-    assert curve["end"] > curve["start"] + 0.3
+    assert curve["end"] > curve["start"] + 0.25

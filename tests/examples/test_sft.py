@@ -9,7 +9,7 @@ import pytest
 from tandem.v1 import tandem_pb2 as pb
 from tandem.v1 import tandem_pb2_grpc
 
-from tests.examples.conftest import EXAMPLES, run_example
+from tests.examples.runner import EXAMPLES, run_example
 
 pytestmark = pytest.mark.timeout(300)
 
