@@ -78,9 +78,17 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
     parser.add_argument("--checkpoint-root", type=Path, default=None, help="where adapter checkpoints are written (default <cache-dir>/adapters)")
     parser.add_argument("--grace-seconds", type=float, default=defaults.grace_seconds, help="drain time on SIGTERM (default %(default)s)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="CPU threads torch uses per operation (default: one per core); 1 avoids stalls where other processes share the cores",
+    )
     _add_limit_flags(parser)
     _add_security_flags(parser)
     args = parser.parse_args(argv)
+    if args.torch_threads is not None and args.torch_threads < 1:
+        parser.error(f"--torch-threads must be at least 1, got {args.torch_threads}")
     for limit in fields(Limits):
         if getattr(args, limit.name) < 1:
             parser.error(f"{_flag(limit.name)} must be at least 1, got {getattr(args, limit.name)}")
@@ -100,6 +108,7 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         tls=_tls(parser, args),
         reflection=not args.no_reflection,
         health_port=args.health_port,
+        torch_threads=args.torch_threads,
     )
 
 

@@ -76,6 +76,9 @@ class ServerConfig:
     """Serve gRPC server reflection (what grpcurl uses to learn the API)."""
     health_port: int | None = None
     """A second, plaintext port serving only grpc.health.v1, for probes that cannot do TLS or tokens; None = off."""
+    torch_threads: int | None = None
+    """CPU threads torch uses inside one operation; None = torch's default (one per core). On CPUs shared
+    with other busy processes, fewer threads avoid OpenMP stalls (see BENCHMARKS.md, Soak)."""
 
     @property
     def resolved_checkpoint_root(self) -> Path:

@@ -13,6 +13,7 @@ import signal
 from dataclasses import dataclass
 
 import grpc
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry, start_http_server
@@ -96,6 +97,8 @@ async def _start_health_server(config: ServerConfig, health_servicer: health.aio
 
 async def start_server(config: ServerConfig) -> RunningServer:
     """Build and start everything; returns once the ports are bound (the start-up model loads in the background)."""
+    if config.torch_threads is not None:
+        torch.set_num_threads(config.torch_threads)
     metrics = Metrics(CollectorRegistry())
     controller = Controller(config, metrics)
     controller.start()

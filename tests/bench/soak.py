@@ -1,13 +1,14 @@
 """Soak: many concurrent Generate streams plus TrainSteps against one server, for a bounded time.
 
-    python tests/bench/soak.py [--duration 120] [--streams 64] [--max-tokens 32]
+    python tests/bench/soak.py [--duration 120] [--streams 64] [--max-tokens 32] [--server-args '--torch-threads 1']
 
 Starts the real server (``python -m service``) on loopback with the built-in
 tiny model and drives it with asyncio gRPC stubs: ``--streams`` workers each
 run Generate streams back to back, one trainer runs TrainSteps back to back.
 Every RPC error counts as unexpected. The server's resident memory is sampled
 once a second; growth is measured from the end of the warm-up to the end of
-the run. Prints a table and writes tests/bench/results/<date>-soak.json.
+the run, and latency percentiles count only calls that started after the
+warm-up. Prints a table and writes tests/bench/results/<date>-soak.json.
 Exit status 1 when there were errors or RSS grew by 5 % or more.
 
 Not a test: pytest does not collect it (the name does not start with test_).
@@ -22,6 +23,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import statistics
 import sys
 import tempfile
@@ -46,24 +48,40 @@ TRAIN = pb.TrainStepRequest(
 )
 
 
+@dataclass(frozen=True)
+class Call:
+    """One finished call."""
+
+    rpc: str
+    started_at: float
+    """Seconds into the run."""
+    seconds: float
+    first_token_seconds: float | None = None
+
+
 @dataclass
 class Tally:
     """What the workers saw."""
 
-    generate_seconds: list[float] = field(default_factory=list)
-    first_token_seconds: list[float] = field(default_factory=list)
-    train_seconds: list[float] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
     tokens: int = 0
     errors: Counter = field(default_factory=Counter)
-    calls: list[tuple[float, str, float]] = field(default_factory=list)
-    """(seconds into the run when the call started, RPC, seconds it took), for finding stalls."""
     started: float = field(default_factory=time.perf_counter)
 
-    def record(self, rpc: str, started: float) -> float:
-        """Note one finished call; returns its latency."""
-        seconds = time.perf_counter() - started
-        self.calls.append((started - self.started, rpc, seconds))
-        return seconds
+    def record(self, rpc: str, started: float, first_token_seconds: float | None = None) -> None:
+        """Note one finished call that started at perf_counter() ``started``."""
+        self.calls.append(Call(rpc, started - self.started, time.perf_counter() - started, first_token_seconds))
+
+    def latencies(self, rpc: str, after: float, first_token: bool = False) -> list[float]:
+        """Latencies (or times to first token) of ``rpc`` calls that started ``after`` seconds into the run or later."""
+        picked = [c for c in self.calls if c.rpc == rpc and c.started_at >= after]
+        return [c.first_token_seconds for c in picked if c.first_token_seconds is not None] if first_token else [c.seconds for c in picked]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pid: int) -> int:
@@ -92,9 +110,7 @@ async def generate_worker(stub, tally: Tally, stop_at: float, max_tokens: int, w
         except grpc.aio.AioRpcError as error:
             tally.errors[f"Generate {error.code().name}: {error.details()}"] += 1
             continue
-        tally.generate_seconds.append(tally.record("Generate", started))
-        if first is not None:
-            tally.first_token_seconds.append(first)
+        tally.record("Generate", started, first)
 
 
 async def train_worker(stub, tally: Tally, stop_at: float) -> None:
@@ -107,7 +123,7 @@ async def train_worker(stub, tally: Tally, stop_at: float) -> None:
             continue
         if reply.outcome != pb.STEP_OUTCOME_APPLIED:
             tally.errors[f"TrainStep outcome {pb.StepOutcome.Name(reply.outcome)}"] += 1
-        tally.train_seconds.append(tally.record("TrainStep", started))
+        tally.record("TrainStep", started)
 
 
 async def sample_rss(pid: int, samples: list[tuple[float, int]], stop_at: float, started: float) -> None:
@@ -117,7 +133,8 @@ async def sample_rss(pid: int, samples: list[tuple[float, int]], stop_at: float,
 
 
 async def soak(server: ServerProcess, args: argparse.Namespace) -> tuple[Tally, list[tuple[float, int]]]:
-    tally, samples = Tally(), []
+    samples: list[tuple[float, int]] = []
+    tally = Tally()
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = tandem_pb2_grpc.TandemServiceStub(channel)
         started = time.monotonic()
@@ -148,35 +165,42 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds before the RSS baseline is taken (default %(default)s)")
     parser.add_argument("--streams", type=int, default=64, help="concurrent Generate workers (default %(default)s)")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens per Generate (default %(default)s)")
+    parser.add_argument("--server-args", default="", help="extra server flags, e.g. '--torch-threads 1'")
     parser.add_argument("--output", type=Path, default=REPO / "tests" / "bench" / "results" / f"{datetime.date.today()}-soak.json")
     args = parser.parse_args()
     if args.duration < args.warmup + 10:
         parser.error("--duration must exceed --warmup by at least 10 s (RSS needs samples after the warm-up)")
 
     with tempfile.TemporaryDirectory(prefix="tandem-soak-") as scratch:
-        server = start_server(Path(scratch) / "cache", Path(scratch) / "logs")
+        server = start_server(Path(scratch) / "cache", Path(scratch) / "logs", *shlex.split(args.server_args))
         try:
+            cpu_before = cpu_seconds(server.process.pid)
             tally, samples = asyncio.run(soak(server, args))
+            server_cores = (cpu_seconds(server.process.pid) - cpu_before) / args.duration
         finally:
             exit_code = server.stop()
     start_rss, end_rss, growth = rss_growth(samples, args.warmup)
     errors = sum(tally.errors.values())
+    generate, train = tally.latencies("Generate", args.warmup), tally.latencies("TrainStep", args.warmup)
+    first_token = tally.latencies("Generate", args.warmup, first_token=True)
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
         "command": "python tests/bench/soak.py " + " ".join(sys.argv[1:]),
         "settings": {k: str(v) for k, v in vars(args).items()},
-        "generate_calls": len(tally.generate_seconds),
+        "generate_calls": sum(c.rpc == "Generate" for c in tally.calls),
         "generated_tokens": tally.tokens,
         "generated_tokens_per_second": tally.tokens / args.duration,
-        "generate_p50_seconds": percentile(tally.generate_seconds, 50),
-        "generate_p99_seconds": percentile(tally.generate_seconds, 99),
-        "first_token_p50_seconds": percentile(tally.first_token_seconds, 50),
-        "first_token_p99_seconds": percentile(tally.first_token_seconds, 99),
-        "train_steps": len(tally.train_seconds),
-        "train_p50_seconds": percentile(tally.train_seconds, 50),
-        "train_p99_seconds": percentile(tally.train_seconds, 99),
-        "slowest_calls": [{"started_at_seconds": round(t, 2), "rpc": rpc, "seconds": round(d, 3)} for t, rpc, d in sorted(tally.calls, key=lambda c: -c[2])[:8]],
+        "latencies_exclude_calls_started_in_warmup": True,
+        "generate_p50_seconds": percentile(generate, 50),
+        "generate_p99_seconds": percentile(generate, 99),
+        "first_token_p50_seconds": percentile(first_token, 50),
+        "first_token_p99_seconds": percentile(first_token, 99),
+        "train_steps": sum(c.rpc == "TrainStep" for c in tally.calls),
+        "train_p50_seconds": percentile(train, 50),
+        "train_p99_seconds": percentile(train, 99),
+        "slowest_calls": [asdict(c) for c in sorted(tally.calls, key=lambda c: -c.seconds)[:5]],
+        "server_cpu_cores_used": server_cores,
         "unexpected_errors": errors,
         "error_kinds": dict(tally.errors),
         "rss_after_warmup_bytes": start_rss,
@@ -188,10 +212,11 @@ def main() -> int:
     args.output.write_text(json.dumps(record, indent=2) + "\n")
     rows = [
         ("Generate calls", f"{record['generate_calls']} ({record['generated_tokens']} tokens, {record['generated_tokens_per_second']:.0f} tok/s)"),
-        ("Generate latency p50 / p99", f"{record['generate_p50_seconds']:.3f} s / {record['generate_p99_seconds']:.3f} s"),
-        ("first token p50 / p99", f"{record['first_token_p50_seconds']:.3f} s / {record['first_token_p99_seconds']:.3f} s"),
+        ("Generate latency p50 / p99 (after warm-up)", f"{record['generate_p50_seconds']:.3f} s / {record['generate_p99_seconds']:.3f} s"),
+        ("first token p50 / p99 (after warm-up)", f"{record['first_token_p50_seconds']:.3f} s / {record['first_token_p99_seconds']:.3f} s"),
         ("TrainStep calls", str(record["train_steps"])),
-        ("TrainStep latency p50 / p99", f"{record['train_p50_seconds']:.3f} s / {record['train_p99_seconds']:.3f} s"),
+        ("TrainStep latency p50 / p99 (after warm-up)", f"{record['train_p50_seconds']:.3f} s / {record['train_p99_seconds']:.3f} s"),
+        ("server CPU (cores busy on average)", f"{server_cores:.2f}"),
         ("unexpected errors", f"{errors} {dict(tally.errors) or ''}"),
         ("server RSS after warm-up -> end", f"{start_rss / 2**20:.1f} MiB -> {end_rss / 2**20:.1f} MiB ({growth:+.2%})"),
         ("server exit code after SIGTERM", str(exit_code)),

@@ -59,3 +59,10 @@ def test_tls_flags(tmp_path: Path) -> None:
 def test_reflection_off_and_health_port() -> None:
     config = parse_config(["--no-reflection", "--health-port", "0"])
     assert (config.reflection, config.health_port) == (False, 0)
+
+
+def test_torch_threads() -> None:
+    assert parse_config([]).torch_threads is None
+    assert parse_config(["--torch-threads", "1"]).torch_threads == 1
+    with pytest.raises(SystemExit):
+        parse_config(["--torch-threads", "0"])
