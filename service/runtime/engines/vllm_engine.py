@@ -16,6 +16,7 @@ the trainer shares, stay mapped).
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,9 @@ from service.runtime.specs import BASE_ADAPTER, FinishReason, SampleChunk, Sampl
 TRAINED_LORA_ID = 1
 """vLLM's id of the trained adapter; saved adapters get ids above it."""
 CHUNKS_PER_STEP = 2
+"""Under load, about this many chunks per engine step per cohort of samples (see ``stream_interval``)."""
 MAX_STREAM_INTERVAL = 128
+"""Most tokens a streamed chunk waits for."""
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
 
 
@@ -90,8 +93,8 @@ class VllmEngine:
         self._lora_ids = itertools.count(TRAINED_LORA_ID + 1)
         self._trained = LoRARequest(lora_name="trained", lora_int_id=TRAINED_LORA_ID, lora_path="in-memory")
         self._adapter_version = 0
-        self.sync_seconds: list[float] = []
-        """Every sync's duration, for benchmarks."""
+        self.sync_seconds: deque[float] = deque(maxlen=1024)
+        """The last syncs' durations."""
 
     @property
     def llm_engine(self):
