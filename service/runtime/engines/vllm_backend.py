@@ -25,7 +25,8 @@ from service.runtime.specs import LoadPhase, LoadSpec
 
 GIL_SWITCH_SECONDS = 0.00025
 """Python's thread switch interval with the engine in process (default 0.005): the decode loop drops the GIL
-while it waits for the GPU and must get it back from the gRPC event loop quickly to launch the next step."""
+while it waits for the GPU and must get it back from the gRPC event loop quickly to launch the next step
+(tests/bench/gpu_runtime_profile.py compares it with 5 ms and 1 ms)."""
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The max_lora_rank values vLLM accepts; a LoadModel value between them is rounded up."""
 
@@ -81,14 +82,13 @@ def model_runner(llm_engine):
 def build(ctx: BuildContext) -> BuiltModel:
     """Start vLLM, build the trainer over its weights, register and pin the trained adapter."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core must live in this process to share tensors
+    from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine
 
     from service.runtime.engines.vllm_engine import TRAINED_LORA_ID, KvStandby, VllmEngine
 
     spec = ctx.spec
     ctx.report(LoadPhase.ENGINE, "starting vLLM: loading the base" + (" as NF4 4-bit" if spec.load_in_4bit else "") + ", compiling, capturing CUDA graphs")
-    from vllm.engine.arg_utils import EngineArgs
-
     llm_engine = LLMEngine.from_engine_args(EngineArgs(**engine_kwargs(ctx, OPTIONS)))
     runner = model_runner(llm_engine)
     ctx.report(LoadPhase.WEIGHTS, "building the trainer's layers over vLLM's weights (one copy of the base)")
