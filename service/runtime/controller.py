@@ -24,7 +24,7 @@ from service.metrics import Metrics
 from service.runtime.adapter_slots import AdapterSlots, SavedAdapters, peft_adapter_name
 from service.runtime.adapter_state import capture, restore
 from service.runtime.checkpoints import CheckpointStore
-from service.runtime.device_loop import DeviceLoop
+from service.runtime.device_loop import DeviceLoop, Inbox
 from service.runtime.engines import BuildContext, builder_for, choose_engine
 from service.runtime.engines.base import EngineRequest
 from service.runtime.model import LoadedModel, ProgressCallback, Stopwatch, check_load_spec, load_tokenizer, pick_device, report, resolve_dtype
@@ -238,7 +238,7 @@ class Controller:
         first_token = True
         self._queued_samples += samples
         try:
-            self._device.admit(requests, lambda c: aio.call_soon_threadsafe(chunks.put_nowait, c), expected_engine=model.engine)
+            self._device.admit(requests, Inbox(aio, chunks), expected_engine=model.engine)
             while unfinished:
                 chunk = await chunks.get()
                 if isinstance(chunk, BaseException):
@@ -308,7 +308,7 @@ class Controller:
 
     def _sync_adapter(self, model: LoadedModel) -> float:
         seconds = model.engine.sync_adapter(model.state.adapter_version)
-        model.refresh_memory()
+        model.refresh_memory(only_if_optimizer_grew=True)
         self._metrics.lora_sync_seconds.observe(seconds)
         return seconds
 

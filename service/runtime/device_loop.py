@@ -30,8 +30,19 @@ from service.runtime.specs import SampleChunk
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-ChunkSink = Callable[[SampleChunk | BaseException], None]
-"""Receives a sample's chunks, or the error that ended it, on the device thread."""
+
+
+@dataclass(frozen=True, eq=False)
+class Inbox:
+    """Where one Generate call receives its samples' chunks (or the error that ended them).
+
+    The device loop hands over everything produced in one engine step with one
+    ``call_soon_threadsafe`` per event loop, not one per chunk: with hundreds of
+    concurrent calls, per-chunk wake-ups of the event loop cost more than the step.
+    """
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
 
 
 @dataclass
@@ -44,7 +55,7 @@ class _Call:
 @dataclass
 class _Admit:
     requests: list[EngineRequest]
-    sink: ChunkSink
+    inbox: Inbox
     engine: Engine
 
 
@@ -54,7 +65,7 @@ class DeviceLoop:
     def __init__(self, name: str = "tandem-device") -> None:
         self._queue: deque[_Call | _Admit] = deque()
         self._aborts: list[str] = []
-        self._sinks: dict[str, ChunkSink] = {}
+        self._inboxes: dict[str, Inbox] = {}
         self._aborted_before_admission: set[str] = set()
         self._engine: Engine | None = None
         self._wake = threading.Condition()
@@ -83,12 +94,12 @@ class DeviceLoop:
         self._enqueue(_Call(fn, future, loop))
         return future
 
-    def admit(self, requests: list[EngineRequest], sink: ChunkSink, expected_engine: Engine) -> None:
-        """Queue samples for ``expected_engine``; ``sink`` receives their chunks on the device thread.
+    def admit(self, requests: list[EngineRequest], inbox: Inbox, expected_engine: Engine) -> None:
+        """Queue samples for ``expected_engine``; their chunks arrive in ``inbox``.
 
-        If the model (and so the engine) changed before they are admitted, the sink gets Unavailable.
+        If the model (and so the engine) changed before they are admitted, the inbox gets Unavailable.
         """
-        self._enqueue(_Admit(requests, sink, expected_engine))
+        self._enqueue(_Admit(requests, inbox, expected_engine))
 
     def abort(self, request_ids: list[str]) -> None:
         """Stop these samples as soon as the device thread looks (ahead of queued work)."""
@@ -147,20 +158,21 @@ class DeviceLoop:
         if not request_ids:
             return
         for request_id in request_ids:
-            if self._sinks.pop(request_id, None) is None:
+            if self._inboxes.pop(request_id, None) is None:
                 self._aborted_before_admission.add(request_id)  # its _Admit is still queued
         if self._engine is not None:
             self._engine.abort(request_ids)
 
     def _admit(self, admit: _Admit) -> None:
         if self._engine is not admit.engine:
-            admit.sink(Unavailable("the model was replaced or unloaded while this request waited: send it again"))
+            error = Unavailable("the model was replaced or unloaded while this request waited: send it again")
+            _post([(admit.inbox, error)])
             return
         for request in admit.requests:
             if request.request_id in self._aborted_before_admission:
                 self._aborted_before_admission.discard(request.request_id)
                 continue
-            self._sinks[request.request_id] = admit.sink
+            self._inboxes[request.request_id] = admit.inbox
             self._engine.add_request(request)
 
     def _step_engine(self) -> None:
@@ -172,19 +184,20 @@ class DeviceLoop:
             log.exception("engine step failed; failing its running requests")
             self._fail_running(error)
             return
+        deliveries = []
         for request_id, chunk in outputs:
-            sink = self._sinks.get(request_id)
-            if sink is not None:
-                sink(chunk)
+            inbox = self._inboxes.get(request_id)
+            if inbox is not None:
+                deliveries.append((inbox, chunk))
             if chunk.finish_reason is not None:
-                self._sinks.pop(request_id, None)
+                self._inboxes.pop(request_id, None)
+        _post(deliveries)
 
     def _fail_running(self, error: BaseException) -> None:
-        sinks, self._sinks = self._sinks, {}
+        inboxes, self._inboxes = self._inboxes, {}
         if self._engine is not None:
-            self._engine.abort(list(sinks))
-        for sink in set(sinks.values()):
-            sink(error)
+            self._engine.abort(list(inboxes))
+        _post([(inbox, error) for inbox in set(inboxes.values())])
 
     @staticmethod
     def _run_call(call: _Call) -> None:
@@ -203,6 +216,20 @@ class DeviceLoop:
 
 _DRAIN = object()
 """Marker: the engine has work (or must drain before the next call): step it."""
+
+
+def _post(deliveries: list[tuple[Inbox, SampleChunk | BaseException]]) -> None:
+    """Hand items to their inboxes with one thread-safe call per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, SampleChunk | BaseException]]] = {}
+    for inbox, item in deliveries:
+        by_loop.setdefault(inbox.loop, []).append((inbox.queue, item))
+    for loop, items in by_loop.items():
+        loop.call_soon_threadsafe(_deliver, items)
+
+
+def _deliver(items: list[tuple[asyncio.Queue, SampleChunk | BaseException]]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

@@ -61,9 +61,18 @@ class LoadedModel:
     kv_cache_usage: Callable[[], float] = lambda: 0.0
     state: TrainingState = field(default_factory=TrainingState)
     _model_memory: MemoryReport = field(default_factory=MemoryReport)
+    _counted_optimizer_states: int = -1
 
-    def refresh_memory(self) -> None:
-        """Recount what the model's parts take (device thread; after load and after optimizer steps)."""
+    def refresh_memory(self, *, only_if_optimizer_grew: bool = False) -> None:
+        """Recount what the model's parts take (device thread).
+
+        With ``only_if_optimizer_grew`` (after an optimizer step) it recounts
+        only when AdamW has created state since the last count: the base and
+        adapter sizes never change, and the walk over every tensor is not free.
+        """
+        if only_if_optimizer_grew and len(self.optimizer.state) == self._counted_optimizer_states:
+            return
+        self._counted_optimizer_states = len(self.optimizer.state)
         self._model_memory = MemoryReport(
             base_weights_bytes=tensor_bytes(base_weight_tensors(self.model)),
             adapter_bytes=tensor_bytes(self.trainable),
