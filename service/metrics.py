@@ -35,17 +35,21 @@ class ThroughputMeter:
         self._lock = threading.Lock()
 
     def add(self, count: int) -> None:
-        """Record ``count`` events now."""
+        """Record ``count`` events now (and forget those out of the window: memory stays bounded when nobody scrapes)."""
+        now = time.monotonic()
         with self._lock:
-            self._events.append((time.monotonic(), count))
+            self._events.append((now, count))
+            self._forget_before(now - self._window)
 
     def rate(self) -> float:
         """Events per second in the last window."""
-        cutoff = time.monotonic() - self._window
         with self._lock:
-            while self._events and self._events[0][0] < cutoff:
-                self._events.popleft()
+            self._forget_before(time.monotonic() - self._window)
             return sum(c for _, c in self._events) / self._window
+
+    def _forget_before(self, cutoff: float) -> None:
+        while self._events and self._events[0][0] < cutoff:
+            self._events.popleft()
 
 
 class Metrics:
