@@ -186,8 +186,8 @@ def main() -> int:
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
-        "command": "python tests/bench/soak.py " + " ".join(sys.argv[1:]),
-        "settings": {k: str(v) for k, v in vars(args).items()},
+        "command": shlex.join(["python", "tests/bench/soak.py", *sys.argv[1:]]),
+        "settings": {k: v for k, v in vars(args).items() if k != "output"},
         "generate_calls": sum(c.rpc == "Generate" for c in tally.calls),
         "generated_tokens": tally.tokens,
         "generated_tokens_per_second": tally.tokens / args.duration,
@@ -206,6 +206,7 @@ def main() -> int:
         "rss_after_warmup_bytes": start_rss,
         "rss_at_end_bytes": end_rss,
         "rss_growth": growth,
+        "rss_every_10_seconds_mib": [round(rss / 2**20, 1) for t, rss in samples[::10]],
         "server_exit_code": exit_code,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
