@@ -27,7 +27,17 @@ from service.runtime.checkpoints import CheckpointStore
 from service.runtime.device_loop import DeviceLoop, Inbox
 from service.runtime.engines import BuildContext, builder_for, choose_engine
 from service.runtime.engines.base import EngineRequest
-from service.runtime.model import LoadedModel, ProgressCallback, Stopwatch, check_load_spec, load_tokenizer, pick_device, report, resolve_dtype
+from service.runtime.model import (
+    LoadedModel,
+    ProgressCallback,
+    Stopwatch,
+    check_load_spec,
+    check_lora_targets,
+    load_tokenizer,
+    pick_device,
+    report,
+    resolve_dtype,
+)
 from service.runtime.paths import resolve_model_dir
 from service.runtime.specs import (
     BASE_ADAPTER,
@@ -146,6 +156,7 @@ class Controller:
         kind = choose_engine(spec.fast_inference)
         report(progress, clock, LoadPhase.TOKENIZER, "loading the tokenizer")
         tokenizer = load_tokenizer(model_dir)
+        check_lora_targets(model_dir, spec)
         self._unload_on_device()
         device = pick_device()
         dtype = resolve_dtype(spec.dtype, device)

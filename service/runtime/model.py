@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from service.errors import FailedPrecondition, InvalidArgument
 from service.runtime.engines.base import Engine
@@ -205,6 +205,15 @@ def attach_lora(base: torch.nn.Module, spec: LoadSpec) -> torch.nn.Module:
             return get_peft_model(base, config)
         except ValueError as error:  # PEFT names the modules it could not find
             raise InvalidArgument("lora.target_modules", str(error)) from None
+
+
+def check_lora_targets(model_dir: Path, spec: LoadSpec) -> None:
+    """Attach the LoRA to a weightless (meta-device) copy of the architecture, so target modules
+    the model lacks, or cannot adapt, fail before the loaded model is released (well under a second)."""
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    attach_lora(skeleton, replace(spec, gradient_checkpointing=False))
 
 
 def eos_ids(tokenizer, base_config) -> tuple[int, ...]:

@@ -138,6 +138,8 @@ CATALOGUE = [
     Bad("load-model-name-dotdot", "LoadModel", pb.LoadModelRequest(model_name="../../etc"), INVALID, "model_name"),
     Bad("load-model-name-absolute", "LoadModel", pb.LoadModelRequest(model_name="/etc"), INVALID, "model_name"),
     Bad("load-fast-inference-on-cpu", "LoadModel", pb.LoadModelRequest(fast_inference=True), FAILED, "fast_inference"),
+    Bad("load-unknown-target-module", "LoadModel", pb.LoadModelRequest(lora=pb.LoraConfig(target_modules=["no_such_proj"])), INVALID, "lora.target_modules"),
+    Bad("load-unadaptable-target-module", "LoadModel", pb.LoadModelRequest(lora=pb.LoraConfig(target_modules=["norm"])), INVALID, "lora.target_modules"),
     # --- adapter checkpoints: names confined to the checkpoint root
     Bad("save-name-empty", "SaveAdapter", pb.SaveAdapterRequest(name=""), INVALID, "name"),
     Bad("save-name-dotdot", "SaveAdapter", pb.SaveAdapterRequest(name="../escape"), INVALID, "name"),
