@@ -181,7 +181,8 @@ class CheckpointStore:
         if not self.root.is_dir():
             return
         for entry in self.root.iterdir():
-            if not entry.name.startswith(".") and entry.is_dir() and (entry / METADATA_FILE).is_file():
+            # a symlink is never a checkpoint: LoadAdapter refuses links out of the root, so listing must not show them
+            if not entry.name.startswith(".") and not entry.is_symlink() and entry.is_dir() and (entry / METADATA_FILE).is_file():
                 yield entry
 
 

@@ -99,6 +99,11 @@ def test_checkpoint_names_cannot_follow_a_symlink_out_of_the_root(tiny_cache: Pa
             assert "symlink" in error.value.details() and str(outside) not in error.value.details()
         assert sorted(p.name for p in outside.iterdir()) == ["keep"]  # nothing written, moved or deleted outside
         assert (root / "escape").is_symlink()
+        # A real checkpoint moved outside and linked back in is not listed either (LoadAdapter would refuse it).
+        stub.SaveAdapter(pb.SaveAdapterRequest(name="real"), timeout=60)
+        (root / "real").rename(outside / "real")
+        (root / "linked").symlink_to(outside / "real")
+        assert [c.name for c in stub.ListAdapters(pb.ListAdaptersRequest(), timeout=30).checkpoints] == []
     finally:
         channel.close()
         server.stop()
