@@ -37,15 +37,12 @@ class SecureServer:
 def secure(tiny_cache: Path, server_logs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServer]:
     directory = tmp_path_factory.mktemp("client-pki")
     authority = CertificateAuthority(directory, "client-test-ca")
-    server_pem = authority.issue("server", server=True)
     (directory / "token").write_text(TOKEN)
     process = start_server(
         tiny_cache,
         server_logs,
         "--model", "none",
-        "--tls-cert", str(server_pem.cert),
-        "--tls-key", str(server_pem.key),
-        "--tls-client-ca", str(authority.pem.cert),
+        *authority.server_flags(),
         "--auth-token-file", str(directory / "token"),
         wait_ready=False,
     )  # fmt: skip

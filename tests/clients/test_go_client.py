@@ -30,15 +30,13 @@ def secure_env(tiny_cache: Path, server_logs: Path, tmp_path_factory: pytest.Tem
     """A server demanding mutual TLS and a token (no model), described in the variables the Go test reads."""
     directory = tmp_path_factory.mktemp("go-pki")
     authority = CertificateAuthority(directory, "go-test-ca")
-    server_pem, client_pem = authority.issue("server", server=True), authority.issue("go-client", server=False)
+    client_pem = authority.issue("go-client", server=False)
     (directory / "token").write_text(TOKEN)
     process = start_server(
         tiny_cache,
         server_logs,
         "--model", "none",
-        "--tls-cert", str(server_pem.cert),
-        "--tls-key", str(server_pem.key),
-        "--tls-client-ca", str(authority.pem.cert),
+        *authority.server_flags(),
         "--auth-token-file", str(directory / "token"),
         wait_ready=False,
     )  # fmt: skip

@@ -59,15 +59,13 @@ def authority(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
 @pytest.fixture(scope="module")
 def tls_token_server(tiny_cache: Path, server_logs: Path, authority: CertificateAuthority, tmp_path_factory) -> Iterator[ServerProcess]:
     """TLS (no client certificates), a bearer token from a file, reflection off, health on its own port."""
-    cert = authority.issue("server", server=True)
     token_file = tmp_path_factory.mktemp("secret") / "token"
     token_file.write_text(TOKEN + "\n")
     process = start_server(
         tiny_cache,
         server_logs,
         "--model", "none",
-        "--tls-cert", str(cert.cert),
-        "--tls-key", str(cert.key),
+        *authority.server_flags(mutual=False),
         "--auth-token-file", str(token_file),
         "--no-reflection",
         "--health-port", "0",
@@ -81,14 +79,11 @@ def tls_token_server(tiny_cache: Path, server_logs: Path, authority: Certificate
 @pytest.fixture(scope="module")
 def mtls_server(tiny_cache: Path, server_logs: Path, authority: CertificateAuthority) -> Iterator[ServerProcess]:
     """Mutual TLS: clients must present a certificate signed by the test CA."""
-    cert = authority.issue("mtls-server", server=True)
     process = start_server(
         tiny_cache,
         server_logs,
         "--model", "none",
-        "--tls-cert", str(cert.cert),
-        "--tls-key", str(cert.key),
-        "--tls-client-ca", str(authority.pem.cert),
+        *authority.server_flags("mtls-server"),
         "--health-port", "0",
         wait_ready=False,
     )  # fmt: skip

@@ -65,3 +65,9 @@ class CertificateAuthority:
             names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         return self._write(name, builder.sign(self._key, hashes.SHA256()), key)
+
+    def server_flags(self, name: str = "server", *, mutual: bool = True) -> list[str]:
+        """``python -m service`` flags serving TLS with a new certificate; with ``mutual``, clients need one from this CA."""
+        pem = self.issue(name, server=True)
+        flags = ["--tls-cert", str(pem.cert), "--tls-key", str(pem.key)]
+        return flags + ["--tls-client-ca", str(self.pem.cert)] if mutual else flags
