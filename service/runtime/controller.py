@@ -24,6 +24,7 @@ from service.metrics import Metrics
 from service.runtime.adapter_slots import AdapterSlots, SavedAdapters, peft_adapter_name
 from service.runtime.adapter_state import capture, restore
 from service.runtime.checkpoints import CheckpointStore
+from service.runtime.chunks import coalesce, take_ready
 from service.runtime.device_loop import DeviceLoop, Inbox
 from service.runtime.engines import BuildContext, builder_for, choose_engine
 from service.runtime.engines.base import EngineRequest
@@ -251,17 +252,18 @@ class Controller:
         try:
             self._device.admit(requests, Inbox(aio, chunks), expected_engine=model.engine)
             while unfinished:
-                chunk = await chunks.get()
-                if isinstance(chunk, BaseException):
-                    raise chunk
-                if first_token and chunk.token_ids:
-                    self._metrics.time_to_first_token.observe(time.perf_counter() - started)
-                    first_token = False
-                self._metrics.record_generated(len(chunk.token_ids))
-                if chunk.finish_reason is not None:
-                    unfinished.discard(id_of[(chunk.prompt_index, chunk.sample_index)])
-                # A saved adapter's samples carry the version it had when it was saved.
-                yield chunk if pinned is None else replace(chunk, adapter_version=pinned.checkpoint.adapter_version)
+                ready, error = take_ready(chunks, await chunks.get())
+                for chunk in coalesce(ready):
+                    if first_token and chunk.token_ids:
+                        self._metrics.time_to_first_token.observe(time.perf_counter() - started)
+                        first_token = False
+                    self._metrics.record_generated(len(chunk.token_ids))
+                    if chunk.finish_reason is not None:
+                        unfinished.discard(id_of[(chunk.prompt_index, chunk.sample_index)])
+                    # A saved adapter's samples carry the version it had when it was saved.
+                    yield chunk if pinned is None else replace(chunk, adapter_version=pinned.checkpoint.adapter_version)
+                if error is not None:
+                    raise error
         finally:
             self._queued_samples -= samples
             if pinned is not None:
