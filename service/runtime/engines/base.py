@@ -62,8 +62,5 @@ class Engine(Protocol):
     def remove_adapter(self, name: str) -> None:
         """Forget a saved adapter added by ``add_adapter``."""
 
-    def check_health(self) -> None:
-        """Raise if the engine cannot serve."""
-
     def shutdown(self) -> None:
         """Release the engine's resources."""

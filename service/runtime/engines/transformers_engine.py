@@ -100,10 +100,6 @@ class TransformersEngine:
         """Drop a saved adapter."""
         self._model.delete_adapter(_peft_adapter_name(name))
 
-    def check_health(self) -> None:
-        if self._model is None:
-            raise RuntimeError("transformers engine has been shut down")
-
     def shutdown(self) -> None:
         self._pending.clear()
         self._batch = None

@@ -171,10 +171,6 @@ class VllmEngine:
         if request is not None:
             self._llm.remove_lora(request.lora_int_id)
 
-    def check_health(self) -> None:
-        if self._llm is None:
-            raise RuntimeError("vLLM engine has been shut down")
-
     def shutdown(self) -> None:
         """Stop vLLM's engine core and release its distributed state, so a later LoadModel can start another."""
         if self._llm is None:
