@@ -26,18 +26,17 @@ from service.runtime.adapter_state import capture, restore
 from service.runtime.checkpoints import CheckpointStore
 from service.runtime.chunks import coalesce, take_ready
 from service.runtime.device_loop import DeviceLoop, Inbox
-from service.runtime.engines import BuildContext, builder_for, choose_engine
+from service.runtime.engines import choose_engine
 from service.runtime.engines.base import EngineRequest
 from service.runtime.model import (
     LoadedModel,
     ProgressCallback,
     Stopwatch,
     check_load_spec,
+    build_loaded_model,
     check_lora_targets,
     load_tokenizer,
-    pick_device,
     report,
-    resolve_dtype,
 )
 from service.runtime.paths import resolve_model_dir
 from service.runtime.specs import (
@@ -53,9 +52,8 @@ from service.runtime.specs import (
     TrainResult,
     TrainSpec,
 )
-from service.runtime.training import sequence_logprobs, train_step
+from service.runtime.training import score_sequences, train_step
 from service.runtime.validation import (
-    ModelBounds,
     check_adapter_selector,
     check_logprob_request_size,
     check_token_ids,
@@ -159,33 +157,9 @@ class Controller:
         tokenizer = load_tokenizer(model_dir)
         check_lora_targets(model_dir, spec)
         self._unload_on_device()
-        device = pick_device()
-        dtype = resolve_dtype(spec.dtype, device)
-        context = BuildContext(spec, model_dir, tokenizer, dtype, device, lambda *a, **k: report(progress, clock, *a, **k))
-        built = builder_for(kind)(context)
-        trainable = [p for p in built.model.parameters() if p.requires_grad]
-        loaded = LoadedModel(
-            spec=spec,
-            model_dir=model_dir,
-            tokenizer=tokenizer,
-            model=built.model,
-            optimizer=torch.optim.AdamW(trainable, lr=1e-4),
-            trainable=trainable,
-            device=device,
-            dtype=dtype,
-            engine_kind=kind,
-            engine=built.engine,
-            bounds=ModelBounds(built.vocab_size, spec.max_seq_length, built.eos_token_ids[0]),
-            eos_token_ids=built.eos_token_ids,
-            base_weight_copies=built.base_weight_copies,
-            kv_cache_usage=built.kv_cache_usage,
-            kv_cache_bytes=built.kv_cache_bytes,
-        )
-        built.engine.sync_adapter(0)
-        loaded.load_seconds = clock.elapsed()
-        loaded.refresh_memory()
-        self._device.set_engine(built.engine)
-        self._saved = SavedAdapters.for_model(built.model, built.engine, spec.max_loras)
+        loaded = build_loaded_model(spec, model_dir, tokenizer, kind, progress, clock)
+        self._device.set_engine(loaded.engine)
+        self._saved = SavedAdapters.for_model(loaded.model, loaded.engine, spec.max_loras)
         self._model = loaded
         report(progress, clock, LoadPhase.READY, f"{spec.model_name} loaded with the {kind.value} engine")
         return loaded.describe()
@@ -343,11 +317,11 @@ class Controller:
         def run() -> tuple[list[list[float]], int]:
             self._require_same_model(model)
             if adapter == BASE_ADAPTER:
-                return _logprobs_on_device(model, sequences, adapter), 0
+                return score_sequences(model, sequences, adapter), 0
             if adapter == "":
-                return _logprobs_on_device(model, sequences, adapter), model.state.adapter_version
+                return score_sequences(model, sequences, adapter), model.state.adapter_version
             checkpoint = saved.scorer.acquire(adapter, self._store)
-            return _logprobs_on_device(model, sequences, peft_adapter_name("scorer", adapter)), checkpoint.adapter_version
+            return score_sequences(model, sequences, peft_adapter_name("scorer", adapter)), checkpoint.adapter_version
 
         return await self._device.call(run)
 
@@ -403,22 +377,3 @@ class _PinnedAdapter(NamedTuple):
 
     slots: AdapterSlots
     checkpoint: AdapterCheckpoint
-
-
-@torch.inference_mode()
-def _logprobs_on_device(model: LoadedModel, sequences: list[list[int]], adapter: str) -> list[list[float]]:
-    """``adapter``: "" (trained), "base", or the PEFT name of a saved adapter loaded for scoring."""
-    results = []
-    for ids in sequences:  # one at a time: no padding effects, and memory bounded by one sequence
-        if len(ids) == 1:
-            results.append([0.0])
-            continue
-        input_ids = torch.tensor([ids], device=model.device)
-        mask = torch.ones_like(input_ids)
-        if adapter == BASE_ADAPTER:
-            with model.model.disable_adapter():
-                logprobs = sequence_logprobs(model.model, input_ids, mask)
-        else:
-            logprobs = sequence_logprobs(model.model, input_ids, mask, [adapter] if adapter else None)
-        results.append([0.0, *logprobs[0].tolist()])
-    return results

@@ -17,10 +17,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from service.errors import FailedPrecondition, InvalidArgument
+from service.errors import InvalidArgument
+from service.runtime.engines import BuildContext, builder_for
 from service.runtime.engines.base import Engine
 from service.runtime.memory import base_weight_tensors, device_memory, optimizer_state_bytes, process_rss_bytes, tensor_bytes
-from service.runtime.specs import DType, EngineKind, LoadPhase, LoadProgress, LoadSpec, MemoryReport, ModelDescription
+from service.runtime.specs import DType, EngineKind, LoadPhase, LoadProgress, LoadSpec, MemoryReport, ModelDescription, OptimizerSpec
 from service.runtime.validation import ModelBounds
 
 ProgressCallback = Callable[[LoadProgress], None]
@@ -238,3 +239,33 @@ class Stopwatch:
 def report(progress: ProgressCallback, clock: Stopwatch, phase: LoadPhase, message: str, done: int = 0, total: int = 0, unit: str = "") -> None:
     """Send one progress event."""
     progress(LoadProgress(phase, message, done, total, unit, clock.elapsed()))
+
+
+def build_loaded_model(spec: LoadSpec, model_dir: Path, tokenizer, kind: EngineKind, progress: ProgressCallback, clock: Stopwatch) -> LoadedModel:
+    """Run the engine kind's builder, add AdamW over the LoRA parameters, and account memory (device thread)."""
+    device = pick_device()
+    dtype = resolve_dtype(spec.dtype, device)
+    context = BuildContext(spec, model_dir, tokenizer, dtype, device, lambda *a, **k: report(progress, clock, *a, **k))
+    built = builder_for(kind)(context)
+    trainable = [p for p in built.model.parameters() if p.requires_grad]
+    loaded = LoadedModel(
+        spec=spec,
+        model_dir=model_dir,
+        tokenizer=tokenizer,
+        model=built.model,
+        optimizer=torch.optim.AdamW(trainable, lr=OptimizerSpec().learning_rate),
+        trainable=trainable,
+        device=device,
+        dtype=dtype,
+        engine_kind=kind,
+        engine=built.engine,
+        bounds=ModelBounds(built.vocab_size, spec.max_seq_length, built.eos_token_ids[0]),
+        eos_token_ids=built.eos_token_ids,
+        base_weight_copies=built.base_weight_copies,
+        kv_cache_usage=built.kv_cache_usage,
+        kv_cache_bytes=built.kv_cache_bytes,
+    )
+    built.engine.sync_adapter(0)
+    loaded.load_seconds = clock.elapsed()
+    loaded.refresh_memory()
+    return loaded

@@ -17,7 +17,7 @@ import torch
 from service.errors import ResourceExhausted
 from service.runtime.losses import LossInputs, compute_loss, token_logprobs
 from service.runtime.model import LoadedModel
-from service.runtime.specs import LossSpec, OptimizerSpec, PhaseSeconds, StepOutcome, TrainResult
+from service.runtime.specs import BASE_ADAPTER, LossSpec, OptimizerSpec, PhaseSeconds, StepOutcome, TrainResult
 from service.runtime.validation import PreparedSequence
 
 
@@ -176,3 +176,22 @@ def _undo_last_micro_batch(state, grads: list[torch.Tensor]) -> None:
 def _release_cached_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+@torch.inference_mode()
+def score_sequences(loaded: LoadedModel, sequences: list[list[int]], adapter: str) -> list[list[float]]:
+    """Per-token logprobs (entry 0 is 0) under ``adapter``: "" (trained), "base", or the PEFT name of a loaded saved adapter."""
+    results = []
+    for ids in sequences:  # one at a time: no padding effects, and memory bounded by one sequence
+        if len(ids) == 1:
+            results.append([0.0])
+            continue
+        input_ids = torch.tensor([ids], device=loaded.device)
+        mask = torch.ones_like(input_ids)
+        if adapter == BASE_ADAPTER:
+            with loaded.model.disable_adapter():
+                logprobs = sequence_logprobs(loaded.model, input_ids, mask)
+        else:
+            logprobs = sequence_logprobs(loaded.model, input_ids, mask, [adapter] if adapter else None)
+        results.append([0.0, *logprobs[0].tolist()])
+    return results
