@@ -157,9 +157,11 @@ class DeviceLoop:
     def _apply_aborts(self, request_ids: list[str]) -> None:
         if not request_ids:
             return
-        for request_id in request_ids:
-            if self._inboxes.pop(request_id, None) is None:
-                self._aborted_before_admission.add(request_id)  # its _Admit is still queued
+        not_running = [request_id for request_id in request_ids if self._inboxes.pop(request_id, None) is None]
+        if not_running:  # still queued, or already finished (then there is nothing to remember)
+            with self._wake:
+                queued = {r.request_id for item in self._queue if isinstance(item, _Admit) for r in item.requests}
+            self._aborted_before_admission.update(queued.intersection(not_running))
         if self._engine is not None:
             self._engine.abort(request_ids)
 

@@ -1,19 +1,13 @@
 """Batching: training batches align targets with their per-token arrays, and the
 transformers engine decodes a batch of prompts exactly as it decodes each alone."""
 
-from pathlib import Path
 
-import pytest
 import torch
 
-from service.runtime.engines import BuildContext
 from service.runtime.engines.base import EngineRequest
-from service.runtime.engines.transformers_backend import build
-from service.runtime.model import load_tokenizer
-from service.runtime.specs import FinishReason, LoadSpec, SamplingSpec
+from service.runtime.specs import FinishReason, SamplingSpec
 from service.runtime.training import collate
 from service.runtime.validation import PreparedSequence
-from service.tiny_model import ensure_builtin_model
 
 
 def test_collate_right_pads_and_shifts_per_token_arrays_onto_targets():
@@ -29,19 +23,6 @@ def test_collate_right_pads_and_shifts_per_token_arrays_onto_targets():
     assert batch["advantages"].tolist() == [[3.0, 4.0], [9.0, 0.0]]
     assert batch["sampler_logprobs"].tolist() == [[-0.5, -0.25], [0.0, 0.0]]
     assert batch["has_sampler"].tolist() == [[True], [False]]
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_cache: Path):
-    model_dir = ensure_builtin_model("tandem/tiny", tiny_cache)
-    spec = LoadSpec()
-    built = build(BuildContext(spec, model_dir, load_tokenizer(model_dir), torch.float32, torch.device("cpu"), lambda *a, **k: None))
-    # Give the adapter non-zero weights so the test covers LoRA in the batched path.
-    with torch.no_grad():
-        for name, param in built.model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
-    return built.engine
 
 
 def run_to_completion(engine, requests: list[EngineRequest]) -> dict[str, list[int]]:
