@@ -70,3 +70,25 @@ def test_aborted_samples_stop_and_the_rest_finish(engine):
         seen.update(request_id for request_id, _ in engine.step())
     assert seen == {"keep"}
     assert engine.running_requests() == 0
+
+
+def test_a_request_joins_a_running_batch_and_decodes_as_it_would_alone(engine):
+    alone = run_to_completion(engine, [request("j", PROMPTS[0], temperature=0.0)])["j"]
+    seeded_alone = run_to_completion(engine, [request("s", PROMPTS[2], seed=5)])["s"]
+    long_alone = run_to_completion(engine, [request("long", PROMPTS[1], temperature=0.0, max_tokens=40)])["long"]
+    engine.add_request(request("long", PROMPTS[1], temperature=0.0, max_tokens=40))
+    tokens: dict[str, list[int]] = {"long": [], "j": [], "s": []}
+    finished_order = []
+    for step in range(200):
+        if step == 3:  # the long sample is running: these join it
+            engine.add_request(request("j", PROMPTS[0], temperature=0.0))
+            engine.add_request(request("s", PROMPTS[2], seed=5))
+        for request_id, chunk in engine.step():
+            tokens[request_id].extend(chunk.token_ids)
+            if chunk.finish_reason is not None:
+                finished_order.append(request_id)
+        if not engine.has_unfinished_requests():
+            break
+    assert tokens["j"] == alone and tokens["s"] == seeded_alone
+    assert tokens["long"] == long_alone  # joining did not disturb the running sample
+    assert finished_order[-1] == "long"  # the joiners did not wait for the long sample

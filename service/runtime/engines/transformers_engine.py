@@ -109,18 +109,19 @@ class TransformersEngine:
         if self._batch is None:
             if not self._pending:
                 return []
-            logits = self._start_batch()
+            self._batch, logits = self._prefill([self._new_row(r) for r in self._take_wave(self._max_batch_size)])
+            outputs = self._advance_rows(self._batch.rows, logits)
         else:
-            logits = self._decode_one()
-        outputs = self._advance_rows(logits)
+            outputs = self._advance_rows(self._batch.rows, self._decode_one())
+            outputs += self._admit_joiners()
         if all(row.finished for row in self._batch.rows):
             self._batch = None
         return outputs
 
-    def _take_wave(self) -> list[EngineRequest]:
-        """Pending requests with the first one's adapter selector, up to the batch size, in arrival order."""
-        adapter = self._pending[0].adapter
-        wave = [r for r in self._pending if r.adapter == adapter][: self._max_batch_size]
+    def _take_wave(self, room: int, adapter: str | None = None) -> list[EngineRequest]:
+        """Up to ``room`` pending requests with one adapter selector (the first pending one's by default), in arrival order."""
+        adapter = self._pending[0].adapter if adapter is None else adapter
+        wave = [r for r in self._pending if r.adapter == adapter][:room]
         taken = {r.request_id for r in wave}
         self._pending = deque(r for r in self._pending if r.request_id not in taken)
         return wave
@@ -145,8 +146,8 @@ class TransformersEngine:
         return output.logits[:, -1, :].float()
 
     @torch.inference_mode()
-    def _start_batch(self) -> torch.Tensor:
-        rows = [self._new_row(r) for r in self._take_wave()]
+    def _prefill(self, rows: list[_Row]) -> tuple[_Batch, torch.Tensor]:
+        """Run the prompts of ``rows`` (left-padded) through the model: a new batch and its next-token logits."""
         width = max(len(r.request.prompt_ids) for r in rows)
         input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -154,17 +155,34 @@ class TransformersEngine:
             ids = row.request.prompt_ids
             input_ids[i, width - len(ids):] = torch.tensor(ids)
             mask[i, width - len(ids):] = 1
-        adapter = rows[0].request.adapter
         self._model.eval()
-        self._batch = _Batch(
+        batch = _Batch(
             rows=rows,
             cache=DynamicCache(),
             attention_mask=mask.to(self._device),
             next_positions=mask.sum(dim=1).to(self._device),
-            peft_adapter_names=None if adapter == "" else [_peft_adapter_name(adapter)] * len(rows),
+            peft_adapter_names=_peft_names(rows),
         )
         positions = (mask.cumsum(dim=1) - 1).clamp_min(0).to(self._device)
-        return self._forward(self._batch, input_ids.to(self._device), positions)
+        return batch, self._forward(batch, input_ids.to(self._device), positions)
+
+    def _admit_joiners(self) -> list[tuple[str, SampleChunk]]:
+        """Continuous batching: prefill waiting requests of the running batch's adapter and merge them into it.
+
+        Finished rows are dropped from the batch first, so it never holds more
+        than the batch size, and a long sample does not keep short ones waiting.
+        """
+        running = [i for i, row in enumerate(self._batch.rows) if not row.finished]
+        room = self._max_batch_size - len(running)
+        if not running or room <= 0 or not self._pending:
+            return []
+        joiners = self._take_wave(room, adapter=self._batch.rows[0].request.adapter)
+        if not joiners:
+            return []
+        joined, logits = self._prefill([self._new_row(r) for r in joiners])
+        outputs = self._advance_rows(joined.rows, logits)
+        self._batch = _merge(_select(self._batch, running), joined)
+        return outputs
 
     @torch.inference_mode()
     def _decode_one(self) -> torch.Tensor:
@@ -177,11 +195,11 @@ class TransformersEngine:
         batch.next_positions = batch.next_positions + 1
         return self._forward(batch, input_ids, positions)
 
-    def _advance_rows(self, logits: torch.Tensor) -> list[tuple[str, SampleChunk]]:
+    def _advance_rows(self, rows: list[_Row], logits: torch.Tensor) -> list[tuple[str, SampleChunk]]:
         raw_logprobs = torch.log_softmax(logits, dim=-1).cpu()
         logits = logits.cpu()
         outputs = []
-        for i, row in enumerate(self._batch.rows):
+        for i, row in enumerate(rows):
             if row.finished:
                 continue
             params = row.request.sampling
@@ -242,3 +260,43 @@ class TransformersEngine:
 def _peft_adapter_name(selector: str) -> str:
     """PEFT's name for an adapter selector in a mixed-batch forward."""
     return "__base__" if selector == BASE_ADAPTER else peft_adapter_name("engine", selector)
+
+
+def _peft_names(rows: list[_Row]) -> list[str] | None:
+    """PEFT adapter names per row for a mixed-batch forward; None for the trained adapter (the active one)."""
+    adapter = rows[0].request.adapter
+    return None if adapter == "" else [_peft_adapter_name(adapter)] * len(rows)
+
+
+def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """Zeros prepended along ``dim`` up to ``width`` (masked-out positions)."""
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _select(batch: _Batch, keep: list[int]) -> _Batch:
+    """The batch with only the rows at ``keep``."""
+    if len(keep) == len(batch.rows):
+        return batch
+    index = torch.tensor(keep, device=batch.attention_mask.device)
+    batch.cache.batch_select_indices(index)
+    rows = [batch.rows[i] for i in keep]
+    return _Batch(rows, batch.cache, batch.attention_mask[index], batch.next_positions[index], _peft_names(rows))
+
+
+def _merge(running: _Batch, joined: _Batch) -> _Batch:
+    """One batch of both: caches and masks left-padded to the longer one and stacked (RoPE is already in the keys)."""
+    width = max(running.attention_mask.shape[1], joined.attention_mask.shape[1])
+    cache = DynamicCache()
+    for index, (old, new) in enumerate(zip(running.cache.layers, joined.cache.layers)):
+        keys = torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)])
+        values = torch.cat([_left_pad(old.values, width, 2), _left_pad(new.values, width, 2)])
+        cache.update(keys, values, index)
+    rows = running.rows + joined.rows
+    mask = torch.cat([_left_pad(running.attention_mask, width, 1), _left_pad(joined.attention_mask, width, 1)])
+    positions = torch.cat([running.next_positions, joined.next_positions])
+    return _Batch(rows, cache, mask, positions, _peft_names(rows))
