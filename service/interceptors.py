@@ -84,6 +84,20 @@ class _CallOutcome:
         self._metrics.requests.labels(self._rpc, self.code).inc()
         self._metrics.request_seconds.labels(self._rpc).observe(time.perf_counter() - self._started)
 
+    async def __aenter__(self) -> _CallOutcome:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> bool:
+        """Record how the call ended; an exception becomes its status (``fail`` raises the abort)."""
+        try:
+            if isinstance(error, asyncio.CancelledError):
+                self.cancelled()
+            elif isinstance(error, Exception):
+                await self.fail(error)
+            return False
+        finally:
+            self.finish()
+
 
 def _request_decoder(rpc: str, deserializer: Decoder) -> Decoder:
     """Parse the request inside the handler, so bytes that do not decode become INVALID_ARGUMENT naming the field
@@ -101,18 +115,10 @@ def _request_decoder(rpc: str, deserializer: Decoder) -> Decoder:
 
 def _wrap_unary(metrics: Metrics, gate: CallGate, rpc: str, decode: Decoder, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-        outcome = _CallOutcome(metrics, rpc, context)
-        try:
+        async with _CallOutcome(metrics, rpc, context):
             request = decode(raw)
             with gate.enter():
                 return await behavior(request, context)
-        except asyncio.CancelledError:
-            outcome.cancelled()
-            raise
-        except Exception as error:
-            await outcome.fail(error)
-        finally:
-            outcome.finish()
 
     return handle
 
@@ -128,20 +134,12 @@ def _wrap_stream(metrics: Metrics, gate: CallGate, rpc: str, decode: Decoder, be
     """
 
     async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> None:
-        outcome = _CallOutcome(metrics, rpc, context)
-        try:
+        async with _CallOutcome(metrics, rpc, context):
             request = decode(raw)
             with gate.enter():
                 async with aclosing(behavior(request, context)) as responses:
                     async for response in responses:
                         await context.write(response)
-        except asyncio.CancelledError:
-            outcome.cancelled()
-            raise
-        except Exception as error:
-            await outcome.fail(error)
-        finally:
-            outcome.finish()
 
     return handle
 
