@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import tandem
-from tests.support.certs import CertificateAuthority, Pem
-from tests.support.server import ServerProcess, start_server
+from tests.support.certs import CertificateAuthority, Pem, start_mutual_tls_server
+from tests.support.server import ServerProcess
 
 TOKEN = "client-test-token"
 NO_RETRY = tandem.RetryPolicy(max_attempts=1)
@@ -35,17 +35,7 @@ class SecureServer:
 
 @pytest.fixture(scope="module")
 def secure(tiny_cache: Path, server_logs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServer]:
-    directory = tmp_path_factory.mktemp("client-pki")
-    authority = CertificateAuthority(directory, "client-test-ca")
-    (directory / "token").write_text(TOKEN)
-    process = start_server(
-        tiny_cache,
-        server_logs,
-        "--model", "none",
-        *authority.server_flags(),
-        "--auth-token-file", str(directory / "token"),
-        wait_ready=False,
-    )  # fmt: skip
+    process, authority = start_mutual_tls_server(tiny_cache, server_logs, tmp_path_factory.mktemp("client-pki"), TOKEN)
     yield SecureServer(process, authority, authority.issue("trainer", server=False))
     process.stop()
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.certs import CertificateAuthority
-from tests.support.server import REPO, ServerProcess, require_tool, start_server
+from tests.support.certs import start_mutual_tls_server
+from tests.support.server import REPO, ServerProcess, require_tool
 
 GO_MODULE = REPO / "clients" / "go"
 TOKEN = "go-client-token"
@@ -28,18 +28,8 @@ def go(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> s
 @pytest.fixture(scope="module")
 def secure_env(tiny_cache: Path, server_logs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A server demanding mutual TLS and a token (no model), described in the variables the Go test reads."""
-    directory = tmp_path_factory.mktemp("go-pki")
-    authority = CertificateAuthority(directory, "go-test-ca")
+    process, authority = start_mutual_tls_server(tiny_cache, server_logs, tmp_path_factory.mktemp("go-pki"), TOKEN)
     client_pem = authority.issue("go-client", server=False)
-    (directory / "token").write_text(TOKEN)
-    process = start_server(
-        tiny_cache,
-        server_logs,
-        "--model", "none",
-        *authority.server_flags(),
-        "--auth-token-file", str(directory / "token"),
-        wait_ready=False,
-    )  # fmt: skip
     yield {
         "TANDEM_SECURE_ADDR": process.address,
         "TANDEM_CA_FILE": str(authority.pem.cert),

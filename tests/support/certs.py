@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.support.server import ServerProcess, start_server
+
 
 @dataclass(frozen=True)
 class Pem:
@@ -71,3 +73,12 @@ class CertificateAuthority:
         pem = self.issue(name, server=True)
         flags = ["--tls-cert", str(pem.cert), "--tls-key", str(pem.key)]
         return flags + ["--tls-client-ca", str(self.pem.cert)] if mutual else flags
+
+
+def start_mutual_tls_server(cache: Path, logs: Path, directory: Path, token: str) -> tuple[ServerProcess, CertificateAuthority]:
+    """A server with no model that wants a client certificate from a new CA (made in ``directory``) and ``token``."""
+    authority = CertificateAuthority(directory, f"{directory.name}-ca")
+    token_file = directory / "token"
+    token_file.write_text(token)
+    flags = ["--model", "none", *authority.server_flags(), "--auth-token-file", str(token_file)]
+    return start_server(cache, logs, *flags, wait_ready=False), authority
