@@ -35,6 +35,63 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ServerRole says which part of the train/sample loop a server plays.
+type ServerRole int32
+
+const (
+	// Not set; servers report one of the values below.
+	ServerRole_SERVER_ROLE_UNSPECIFIED ServerRole = 0
+	// Trains and samples (one process, one GPU).
+	ServerRole_SERVER_ROLE_BOTH ServerRole = 1
+	// Trains, samples for evaluation, publishes adapter versions to the store.
+	ServerRole_SERVER_ROLE_TRAINER ServerRole = 2
+	// Samples with the newest adapter version published to the store.
+	ServerRole_SERVER_ROLE_SAMPLER ServerRole = 3
+)
+
+// Enum value maps for ServerRole.
+var (
+	ServerRole_name = map[int32]string{
+		0: "SERVER_ROLE_UNSPECIFIED",
+		1: "SERVER_ROLE_BOTH",
+		2: "SERVER_ROLE_TRAINER",
+		3: "SERVER_ROLE_SAMPLER",
+	}
+	ServerRole_value = map[string]int32{
+		"SERVER_ROLE_UNSPECIFIED": 0,
+		"SERVER_ROLE_BOTH":        1,
+		"SERVER_ROLE_TRAINER":     2,
+		"SERVER_ROLE_SAMPLER":     3,
+	}
+)
+
+func (x ServerRole) Enum() *ServerRole {
+	p := new(ServerRole)
+	*p = x
+	return p
+}
+
+func (x ServerRole) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ServerRole) Descriptor() protoreflect.EnumDescriptor {
+	return file_tandem_v1_tandem_proto_enumTypes[0].Descriptor()
+}
+
+func (ServerRole) Type() protoreflect.EnumType {
+	return &file_tandem_v1_tandem_proto_enumTypes[0]
+}
+
+func (x ServerRole) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ServerRole.Descriptor instead.
+func (ServerRole) EnumDescriptor() ([]byte, []int) {
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{0}
+}
+
 // DType is the compute dtype of the model.
 type DType int32
 
@@ -77,11 +134,11 @@ func (x DType) String() string {
 }
 
 func (DType) Descriptor() protoreflect.EnumDescriptor {
-	return file_tandem_v1_tandem_proto_enumTypes[0].Descriptor()
+	return file_tandem_v1_tandem_proto_enumTypes[1].Descriptor()
 }
 
 func (DType) Type() protoreflect.EnumType {
-	return &file_tandem_v1_tandem_proto_enumTypes[0]
+	return &file_tandem_v1_tandem_proto_enumTypes[1]
 }
 
 func (x DType) Number() protoreflect.EnumNumber {
@@ -90,7 +147,7 @@ func (x DType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DType.Descriptor instead.
 func (DType) EnumDescriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{0}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{1}
 }
 
 // EngineKind names the sampling engine.
@@ -101,7 +158,8 @@ const (
 	EngineKind_ENGINE_KIND_UNSPECIFIED EngineKind = 0
 	// transformers: generation on the PEFT model itself (CPU or GPU).
 	EngineKind_ENGINE_KIND_TRANSFORMERS EngineKind = 1
-	// vLLM in the server process, sharing the 4-bit base with the trainer (GPU).
+	// vLLM (GPU): its engine core runs in a child process, and the trainer runs
+	// in that same process over the engine's own 4-bit weights.
 	EngineKind_ENGINE_KIND_VLLM EngineKind = 2
 )
 
@@ -130,11 +188,11 @@ func (x EngineKind) String() string {
 }
 
 func (EngineKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_tandem_v1_tandem_proto_enumTypes[1].Descriptor()
+	return file_tandem_v1_tandem_proto_enumTypes[2].Descriptor()
 }
 
 func (EngineKind) Type() protoreflect.EnumType {
-	return &file_tandem_v1_tandem_proto_enumTypes[1]
+	return &file_tandem_v1_tandem_proto_enumTypes[2]
 }
 
 func (x EngineKind) Number() protoreflect.EnumNumber {
@@ -143,7 +201,7 @@ func (x EngineKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EngineKind.Descriptor instead.
 func (EngineKind) EnumDescriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{1}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{2}
 }
 
 // LoadPhase names a stage of LoadModel.
@@ -199,11 +257,11 @@ func (x LoadPhase) String() string {
 }
 
 func (LoadPhase) Descriptor() protoreflect.EnumDescriptor {
-	return file_tandem_v1_tandem_proto_enumTypes[2].Descriptor()
+	return file_tandem_v1_tandem_proto_enumTypes[3].Descriptor()
 }
 
 func (LoadPhase) Type() protoreflect.EnumType {
-	return &file_tandem_v1_tandem_proto_enumTypes[2]
+	return &file_tandem_v1_tandem_proto_enumTypes[3]
 }
 
 func (x LoadPhase) Number() protoreflect.EnumNumber {
@@ -212,7 +270,7 @@ func (x LoadPhase) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LoadPhase.Descriptor instead.
 func (LoadPhase) EnumDescriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{2}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{3}
 }
 
 // FinishReason says why a sample ended.
@@ -256,11 +314,11 @@ func (x FinishReason) String() string {
 }
 
 func (FinishReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_tandem_v1_tandem_proto_enumTypes[3].Descriptor()
+	return file_tandem_v1_tandem_proto_enumTypes[4].Descriptor()
 }
 
 func (FinishReason) Type() protoreflect.EnumType {
-	return &file_tandem_v1_tandem_proto_enumTypes[3]
+	return &file_tandem_v1_tandem_proto_enumTypes[4]
 }
 
 func (x FinishReason) Number() protoreflect.EnumNumber {
@@ -269,7 +327,7 @@ func (x FinishReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FinishReason.Descriptor instead.
 func (FinishReason) EnumDescriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{3}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{4}
 }
 
 // LossFunction selects the training objective.
@@ -315,11 +373,11 @@ func (x LossFunction) String() string {
 }
 
 func (LossFunction) Descriptor() protoreflect.EnumDescriptor {
-	return file_tandem_v1_tandem_proto_enumTypes[4].Descriptor()
+	return file_tandem_v1_tandem_proto_enumTypes[5].Descriptor()
 }
 
 func (LossFunction) Type() protoreflect.EnumType {
-	return &file_tandem_v1_tandem_proto_enumTypes[4]
+	return &file_tandem_v1_tandem_proto_enumTypes[5]
 }
 
 func (x LossFunction) Number() protoreflect.EnumNumber {
@@ -328,7 +386,7 @@ func (x LossFunction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LossFunction.Descriptor instead.
 func (LossFunction) EnumDescriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{4}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{5}
 }
 
 // StepOutcome says what a TrainStep did to the adapter.
@@ -373,11 +431,11 @@ func (x StepOutcome) String() string {
 }
 
 func (StepOutcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_tandem_v1_tandem_proto_enumTypes[5].Descriptor()
+	return file_tandem_v1_tandem_proto_enumTypes[6].Descriptor()
 }
 
 func (StepOutcome) Type() protoreflect.EnumType {
-	return &file_tandem_v1_tandem_proto_enumTypes[5]
+	return &file_tandem_v1_tandem_proto_enumTypes[6]
 }
 
 func (x StepOutcome) Number() protoreflect.EnumNumber {
@@ -386,7 +444,7 @@ func (x StepOutcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StepOutcome.Descriptor instead.
 func (StepOutcome) EnumDescriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{5}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{6}
 }
 
 // LoraConfig describes the LoRA adapter attached at LoadModel.
@@ -502,9 +560,13 @@ type LoadModelRequest struct {
 	Standby *bool `protobuf:"varint,13,opt,name=standby,proto3,oneof" json:"standby,omitempty"`
 	// Most distinct adapters the engine holds at once (current + saved ones
 	// sampled side by side). Default 1.
-	MaxLoras      *uint32 `protobuf:"varint,14,opt,name=max_loras,json=maxLoras,proto3,oneof" json:"max_loras,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MaxLoras *uint32 `protobuf:"varint,14,opt,name=max_loras,json=maxLoras,proto3,oneof" json:"max_loras,omitempty"`
+	// Trainer role only: publish the adapter to the adapter store after every
+	// publish_every_steps applied optimizer steps (and after LoadAdapter);
+	// 0 = never. Default 1. Ignored by other roles.
+	PublishEverySteps *uint32 `protobuf:"varint,15,opt,name=publish_every_steps,json=publishEverySteps,proto3,oneof" json:"publish_every_steps,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *LoadModelRequest) Reset() {
@@ -631,6 +693,13 @@ func (x *LoadModelRequest) GetStandby() bool {
 func (x *LoadModelRequest) GetMaxLoras() uint32 {
 	if x != nil && x.MaxLoras != nil {
 		return *x.MaxLoras
+	}
+	return 0
+}
+
+func (x *LoadModelRequest) GetPublishEverySteps() uint32 {
+	if x != nil && x.PublishEverySteps != nil {
+		return *x.PublishEverySteps
 	}
 	return 0
 }
@@ -884,9 +953,14 @@ type ModelInfo struct {
 	// Seed in use.
 	RandomState uint64 `protobuf:"varint,17,opt,name=random_state,json=randomState,proto3" json:"random_state,omitempty"`
 	// KV cache released while training (vLLM standby).
-	Standby       bool `protobuf:"varint,18,opt,name=standby,proto3" json:"standby,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Standby bool `protobuf:"varint,18,opt,name=standby,proto3" json:"standby,omitempty"`
+	// The tokenizer's special tokens.
+	SpecialTokens *SpecialTokens `protobuf:"bytes,19,opt,name=special_tokens,json=specialTokens,proto3" json:"special_tokens,omitempty"`
+	// Newest adapter version in the adapter store (trainer: last written;
+	// sampler: newest seen); 0 without a store.
+	PublishedAdapterVersion uint64 `protobuf:"varint,20,opt,name=published_adapter_version,json=publishedAdapterVersion,proto3" json:"published_adapter_version,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
@@ -1045,6 +1119,113 @@ func (x *ModelInfo) GetStandby() bool {
 	return false
 }
 
+func (x *ModelInfo) GetSpecialTokens() *SpecialTokens {
+	if x != nil {
+		return x.SpecialTokens
+	}
+	return nil
+}
+
+func (x *ModelInfo) GetPublishedAdapterVersion() uint64 {
+	if x != nil {
+		return x.PublishedAdapterVersion
+	}
+	return 0
+}
+
+// SpecialTokens lists the loaded tokenizer's special token ids. An unset id
+// means the tokenizer has no such token.
+type SpecialTokens struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Beginning-of-sequence token.
+	BosTokenId *uint32 `protobuf:"varint,1,opt,name=bos_token_id,json=bosTokenId,proto3,oneof" json:"bos_token_id,omitempty"`
+	// End-of-sequence token of the tokenizer (ModelInfo.eos_token_ids lists
+	// every id that ends a sample).
+	EosTokenId *uint32 `protobuf:"varint,2,opt,name=eos_token_id,json=eosTokenId,proto3,oneof" json:"eos_token_id,omitempty"`
+	// Padding token.
+	PadTokenId *uint32 `protobuf:"varint,3,opt,name=pad_token_id,json=padTokenId,proto3,oneof" json:"pad_token_id,omitempty"`
+	// Unknown-token token.
+	UnkTokenId *uint32 `protobuf:"varint,4,opt,name=unk_token_id,json=unkTokenId,proto3,oneof" json:"unk_token_id,omitempty"`
+	// Every special token id, ascending.
+	AllSpecialIds []uint32 `protobuf:"varint,5,rep,packed,name=all_special_ids,json=allSpecialIds,proto3" json:"all_special_ids,omitempty"`
+	// The tokenizer has a chat template (Tokenize with chat inputs works).
+	HasChatTemplate bool `protobuf:"varint,6,opt,name=has_chat_template,json=hasChatTemplate,proto3" json:"has_chat_template,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *SpecialTokens) Reset() {
+	*x = SpecialTokens{}
+	mi := &file_tandem_v1_tandem_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpecialTokens) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpecialTokens) ProtoMessage() {}
+
+func (x *SpecialTokens) ProtoReflect() protoreflect.Message {
+	mi := &file_tandem_v1_tandem_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpecialTokens.ProtoReflect.Descriptor instead.
+func (*SpecialTokens) Descriptor() ([]byte, []int) {
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SpecialTokens) GetBosTokenId() uint32 {
+	if x != nil && x.BosTokenId != nil {
+		return *x.BosTokenId
+	}
+	return 0
+}
+
+func (x *SpecialTokens) GetEosTokenId() uint32 {
+	if x != nil && x.EosTokenId != nil {
+		return *x.EosTokenId
+	}
+	return 0
+}
+
+func (x *SpecialTokens) GetPadTokenId() uint32 {
+	if x != nil && x.PadTokenId != nil {
+		return *x.PadTokenId
+	}
+	return 0
+}
+
+func (x *SpecialTokens) GetUnkTokenId() uint32 {
+	if x != nil && x.UnkTokenId != nil {
+		return *x.UnkTokenId
+	}
+	return 0
+}
+
+func (x *SpecialTokens) GetAllSpecialIds() []uint32 {
+	if x != nil {
+		return x.AllSpecialIds
+	}
+	return nil
+}
+
+func (x *SpecialTokens) GetHasChatTemplate() bool {
+	if x != nil {
+		return x.HasChatTemplate
+	}
+	return false
+}
+
 // LoadModelResponse is one event of the LoadModel stream.
 type LoadModelResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1061,7 +1242,7 @@ type LoadModelResponse struct {
 
 func (x *LoadModelResponse) Reset() {
 	*x = LoadModelResponse{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[5]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1254,7 @@ func (x *LoadModelResponse) String() string {
 func (*LoadModelResponse) ProtoMessage() {}
 
 func (x *LoadModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[5]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1267,7 @@ func (x *LoadModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadModelResponse.ProtoReflect.Descriptor instead.
 func (*LoadModelResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{5}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *LoadModelResponse) GetEvent() isLoadModelResponse_Event {
@@ -1141,7 +1322,7 @@ type UnloadModelRequest struct {
 
 func (x *UnloadModelRequest) Reset() {
 	*x = UnloadModelRequest{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[6]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +1334,7 @@ func (x *UnloadModelRequest) String() string {
 func (*UnloadModelRequest) ProtoMessage() {}
 
 func (x *UnloadModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[6]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +1347,7 @@ func (x *UnloadModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnloadModelRequest.ProtoReflect.Descriptor instead.
 func (*UnloadModelRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{6}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{7}
 }
 
 // UnloadModelResponse reports whether a model was unloaded.
@@ -1180,7 +1361,7 @@ type UnloadModelResponse struct {
 
 func (x *UnloadModelResponse) Reset() {
 	*x = UnloadModelResponse{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[7]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +1373,7 @@ func (x *UnloadModelResponse) String() string {
 func (*UnloadModelResponse) ProtoMessage() {}
 
 func (x *UnloadModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[7]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +1386,7 @@ func (x *UnloadModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnloadModelResponse.ProtoReflect.Descriptor instead.
 func (*UnloadModelResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{7}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *UnloadModelResponse) GetUnloaded() bool {
@@ -1224,7 +1405,7 @@ type GetModelRequest struct {
 
 func (x *GetModelRequest) Reset() {
 	*x = GetModelRequest{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[8]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1236,7 +1417,7 @@ func (x *GetModelRequest) String() string {
 func (*GetModelRequest) ProtoMessage() {}
 
 func (x *GetModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[8]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1249,7 +1430,7 @@ func (x *GetModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelRequest.ProtoReflect.Descriptor instead.
 func (*GetModelRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{8}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{9}
 }
 
 // GetModelResponse describes the loaded model, if any.
@@ -1258,14 +1439,19 @@ type GetModelResponse struct {
 	// A model is loaded.
 	Loaded bool `protobuf:"varint,1,opt,name=loaded,proto3" json:"loaded,omitempty"`
 	// The loaded model; unset when loaded is false.
-	Model         *ModelInfo `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Model *ModelInfo `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	// This server's role.
+	Role ServerRole `protobuf:"varint,3,opt,name=role,proto3,enum=tandem.v1.ServerRole" json:"role,omitempty"`
+	// Sampler role: where TrainStep goes (the --trainer-address flag); "" when
+	// not configured or not a sampler.
+	TrainerAddress string `protobuf:"bytes,4,opt,name=trainer_address,json=trainerAddress,proto3" json:"trainer_address,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GetModelResponse) Reset() {
 	*x = GetModelResponse{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[9]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1277,7 +1463,7 @@ func (x *GetModelResponse) String() string {
 func (*GetModelResponse) ProtoMessage() {}
 
 func (x *GetModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[9]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1290,7 +1476,7 @@ func (x *GetModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelResponse.ProtoReflect.Descriptor instead.
 func (*GetModelResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{9}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetModelResponse) GetLoaded() bool {
@@ -1307,6 +1493,20 @@ func (x *GetModelResponse) GetModel() *ModelInfo {
 	return nil
 }
 
+func (x *GetModelResponse) GetRole() ServerRole {
+	if x != nil {
+		return x.Role
+	}
+	return ServerRole_SERVER_ROLE_UNSPECIFIED
+}
+
+func (x *GetModelResponse) GetTrainerAddress() string {
+	if x != nil {
+		return x.TrainerAddress
+	}
+	return ""
+}
+
 // TokenIds is a list of token ids.
 type TokenIds struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1318,7 +1518,7 @@ type TokenIds struct {
 
 func (x *TokenIds) Reset() {
 	*x = TokenIds{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[10]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1330,7 +1530,7 @@ func (x *TokenIds) String() string {
 func (*TokenIds) ProtoMessage() {}
 
 func (x *TokenIds) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[10]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1343,7 +1543,7 @@ func (x *TokenIds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenIds.ProtoReflect.Descriptor instead.
 func (*TokenIds) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{10}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TokenIds) GetIds() []uint32 {
@@ -1353,7 +1553,10 @@ func (x *TokenIds) GetIds() []uint32 {
 	return nil
 }
 
-// Prompt is one prompt: text (tokenized by the server) or token ids.
+// Prompt is one prompt: text (tokenized by the server) or token ids. An
+// empty prompt (text "" or no token ids) is refused with INVALID_ARGUMENT in
+// Generate and ComputeLogprobs alike: to start from nothing, send the
+// beginning-of-sequence id (ModelInfo.special_tokens.bos_token_id).
 type Prompt struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The prompt.
@@ -1369,7 +1572,7 @@ type Prompt struct {
 
 func (x *Prompt) Reset() {
 	*x = Prompt{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[11]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1584,7 @@ func (x *Prompt) String() string {
 func (*Prompt) ProtoMessage() {}
 
 func (x *Prompt) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[11]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1597,7 @@ func (x *Prompt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Prompt.ProtoReflect.Descriptor instead.
 func (*Prompt) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{11}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Prompt) GetInput() isPrompt_Input {
@@ -1480,7 +1683,7 @@ type SamplingParams struct {
 
 func (x *SamplingParams) Reset() {
 	*x = SamplingParams{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[12]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1492,7 +1695,7 @@ func (x *SamplingParams) String() string {
 func (*SamplingParams) ProtoMessage() {}
 
 func (x *SamplingParams) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[12]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1505,7 +1708,7 @@ func (x *SamplingParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SamplingParams.ProtoReflect.Descriptor instead.
 func (*SamplingParams) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{12}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SamplingParams) GetN() uint32 {
@@ -1595,14 +1798,27 @@ type GenerateRequest struct {
 	// Which adapter to sample from: "" (default) = the adapter being trained;
 	// "base" = the base model without adapter; any other name = a saved
 	// checkpoint (see SaveAdapter).
-	Adapter       string `protobuf:"bytes,3,opt,name=adapter,proto3" json:"adapter,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Adapter string `protobuf:"bytes,3,opt,name=adapter,proto3" json:"adapter,omitempty"`
+	// Return token ids (and logprobs when asked) only: no text is decoded
+	// anywhere and GenerateResponse.text stays empty. The fast path for loops
+	// that work on token ids. Stop strings need text: with sampling.stop set
+	// this is INVALID_ARGUMENT. Default false.
+	TokenIdsOnly bool `protobuf:"varint,4,opt,name=token_ids_only,json=tokenIdsOnly,proto3" json:"token_ids_only,omitempty"`
+	// Sample only from adapter version >= min_adapter_version. A sampler that
+	// serves an older version waits for the newer one to be published and
+	// loaded, within the call's deadline (at most the server's
+	// --max-adapter-wait-seconds, default 30, without one); when it does not
+	// arrive in time, or a trainer has not reached that version, the call
+	// fails with FAILED_PRECONDITION naming the version served. Default: any
+	// version.
+	MinAdapterVersion *uint64 `protobuf:"varint,5,opt,name=min_adapter_version,json=minAdapterVersion,proto3,oneof" json:"min_adapter_version,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *GenerateRequest) Reset() {
 	*x = GenerateRequest{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[13]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1614,7 +1830,7 @@ func (x *GenerateRequest) String() string {
 func (*GenerateRequest) ProtoMessage() {}
 
 func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[13]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1627,7 +1843,7 @@ func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRequest.ProtoReflect.Descriptor instead.
 func (*GenerateRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{13}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GenerateRequest) GetPrompts() []*Prompt {
@@ -1651,6 +1867,20 @@ func (x *GenerateRequest) GetAdapter() string {
 	return ""
 }
 
+func (x *GenerateRequest) GetTokenIdsOnly() bool {
+	if x != nil {
+		return x.TokenIdsOnly
+	}
+	return false
+}
+
+func (x *GenerateRequest) GetMinAdapterVersion() uint64 {
+	if x != nil && x.MinAdapterVersion != nil {
+		return *x.MinAdapterVersion
+	}
+	return 0
+}
+
 // TopLogprob is one alternative token at a position.
 type TopLogprob struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1664,7 +1894,7 @@ type TopLogprob struct {
 
 func (x *TopLogprob) Reset() {
 	*x = TopLogprob{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[14]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1676,7 +1906,7 @@ func (x *TopLogprob) String() string {
 func (*TopLogprob) ProtoMessage() {}
 
 func (x *TopLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[14]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1689,7 +1919,7 @@ func (x *TopLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopLogprob.ProtoReflect.Descriptor instead.
 func (*TopLogprob) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{14}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TopLogprob) GetTokenId() uint32 {
@@ -1721,7 +1951,7 @@ type TokenLogprob struct {
 
 func (x *TokenLogprob) Reset() {
 	*x = TokenLogprob{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[15]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1733,7 +1963,7 @@ func (x *TokenLogprob) String() string {
 func (*TokenLogprob) ProtoMessage() {}
 
 func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[15]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1746,7 +1976,7 @@ func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
 func (*TokenLogprob) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{15}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TokenLogprob) GetTokenId() uint32 {
@@ -1783,7 +2013,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[16]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1795,7 +2025,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[16]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1808,7 +2038,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{16}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Usage) GetPromptTokens() uint32 {
@@ -1852,7 +2082,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[17]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1864,7 +2094,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[17]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1877,7 +2107,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{17}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GenerateResponse) GetPromptIndex() uint32 {
@@ -1968,7 +2198,7 @@ type TrainSequence struct {
 
 func (x *TrainSequence) Reset() {
 	*x = TrainSequence{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[18]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1980,7 +2210,7 @@ func (x *TrainSequence) String() string {
 func (*TrainSequence) ProtoMessage() {}
 
 func (x *TrainSequence) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[18]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1993,7 +2223,7 @@ func (x *TrainSequence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrainSequence.ProtoReflect.Descriptor instead.
 func (*TrainSequence) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{18}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TrainSequence) GetTokenIds() []uint32 {
@@ -2067,7 +2297,7 @@ type LossConfig struct {
 
 func (x *LossConfig) Reset() {
 	*x = LossConfig{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[19]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2079,7 +2309,7 @@ func (x *LossConfig) String() string {
 func (*LossConfig) ProtoMessage() {}
 
 func (x *LossConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[19]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2092,7 +2322,7 @@ func (x *LossConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LossConfig.ProtoReflect.Descriptor instead.
 func (*LossConfig) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{19}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LossConfig) GetFunction() LossFunction {
@@ -2138,7 +2368,7 @@ type OptimizerConfig struct {
 
 func (x *OptimizerConfig) Reset() {
 	*x = OptimizerConfig{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[20]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2150,7 +2380,7 @@ func (x *OptimizerConfig) String() string {
 func (*OptimizerConfig) ProtoMessage() {}
 
 func (x *OptimizerConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[20]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2163,7 +2393,7 @@ func (x *OptimizerConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OptimizerConfig.ProtoReflect.Descriptor instead.
 func (*OptimizerConfig) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{20}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *OptimizerConfig) GetLearningRate() float32 {
@@ -2227,7 +2457,7 @@ type TrainStepRequest struct {
 
 func (x *TrainStepRequest) Reset() {
 	*x = TrainStepRequest{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[21]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2239,7 +2469,7 @@ func (x *TrainStepRequest) String() string {
 func (*TrainStepRequest) ProtoMessage() {}
 
 func (x *TrainStepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[21]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2252,7 +2482,7 @@ func (x *TrainStepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrainStepRequest.ProtoReflect.Descriptor instead.
 func (*TrainStepRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{21}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *TrainStepRequest) GetSequences() []*TrainSequence {
@@ -2304,7 +2534,7 @@ type PhaseSeconds struct {
 
 func (x *PhaseSeconds) Reset() {
 	*x = PhaseSeconds{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[22]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2316,7 +2546,7 @@ func (x *PhaseSeconds) String() string {
 func (*PhaseSeconds) ProtoMessage() {}
 
 func (x *PhaseSeconds) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[22]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2329,7 +2559,7 @@ func (x *PhaseSeconds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhaseSeconds.ProtoReflect.Descriptor instead.
 func (*PhaseSeconds) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{22}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PhaseSeconds) GetQueue() float64 {
@@ -2405,7 +2635,7 @@ type TrainStepResponse struct {
 
 func (x *TrainStepResponse) Reset() {
 	*x = TrainStepResponse{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[23]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2417,7 +2647,7 @@ func (x *TrainStepResponse) String() string {
 func (*TrainStepResponse) ProtoMessage() {}
 
 func (x *TrainStepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[23]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2430,7 +2660,7 @@ func (x *TrainStepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrainStepResponse.ProtoReflect.Descriptor instead.
 func (*TrainStepResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{23}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TrainStepResponse) GetOutcome() StepOutcome {
@@ -2506,7 +2736,8 @@ func (x *TrainStepResponse) GetImportanceRatioMean() float32 {
 // ComputeLogprobsRequest asks for logprobs of given sequences.
 type ComputeLogprobsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Sequences of token ids, each at least 1 token.
+	// Sequences of token ids, each at least 1 token (an empty one is
+	// INVALID_ARGUMENT, as an empty Generate prompt is).
 	Sequences []*TokenIds `protobuf:"bytes,1,rep,name=sequences,proto3" json:"sequences,omitempty"`
 	// Which adapter: "" = current, "base" = none, other = a saved checkpoint.
 	Adapter       string `protobuf:"bytes,2,opt,name=adapter,proto3" json:"adapter,omitempty"`
@@ -2516,7 +2747,7 @@ type ComputeLogprobsRequest struct {
 
 func (x *ComputeLogprobsRequest) Reset() {
 	*x = ComputeLogprobsRequest{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[24]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2528,7 +2759,7 @@ func (x *ComputeLogprobsRequest) String() string {
 func (*ComputeLogprobsRequest) ProtoMessage() {}
 
 func (x *ComputeLogprobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[24]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2541,7 +2772,7 @@ func (x *ComputeLogprobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ComputeLogprobsRequest.ProtoReflect.Descriptor instead.
 func (*ComputeLogprobsRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{24}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ComputeLogprobsRequest) GetSequences() []*TokenIds {
@@ -2569,7 +2800,7 @@ type SequenceLogprobs struct {
 
 func (x *SequenceLogprobs) Reset() {
 	*x = SequenceLogprobs{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[25]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2581,7 +2812,7 @@ func (x *SequenceLogprobs) String() string {
 func (*SequenceLogprobs) ProtoMessage() {}
 
 func (x *SequenceLogprobs) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[25]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2594,7 +2825,7 @@ func (x *SequenceLogprobs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SequenceLogprobs.ProtoReflect.Descriptor instead.
 func (*SequenceLogprobs) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{25}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SequenceLogprobs) GetLogprobs() []float32 {
@@ -2617,7 +2848,7 @@ type ComputeLogprobsResponse struct {
 
 func (x *ComputeLogprobsResponse) Reset() {
 	*x = ComputeLogprobsResponse{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[26]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2629,7 +2860,7 @@ func (x *ComputeLogprobsResponse) String() string {
 func (*ComputeLogprobsResponse) ProtoMessage() {}
 
 func (x *ComputeLogprobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[26]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2642,7 +2873,7 @@ func (x *ComputeLogprobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ComputeLogprobsResponse.ProtoReflect.Descriptor instead.
 func (*ComputeLogprobsResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{26}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ComputeLogprobsResponse) GetSequences() []*SequenceLogprobs {
@@ -2682,7 +2913,7 @@ type AdapterCheckpoint struct {
 
 func (x *AdapterCheckpoint) Reset() {
 	*x = AdapterCheckpoint{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[27]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2694,7 +2925,7 @@ func (x *AdapterCheckpoint) String() string {
 func (*AdapterCheckpoint) ProtoMessage() {}
 
 func (x *AdapterCheckpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[27]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2707,7 +2938,7 @@ func (x *AdapterCheckpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdapterCheckpoint.ProtoReflect.Descriptor instead.
 func (*AdapterCheckpoint) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{27}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AdapterCheckpoint) GetName() string {
@@ -2772,7 +3003,7 @@ type SaveAdapterRequest struct {
 
 func (x *SaveAdapterRequest) Reset() {
 	*x = SaveAdapterRequest{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[28]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2784,7 +3015,7 @@ func (x *SaveAdapterRequest) String() string {
 func (*SaveAdapterRequest) ProtoMessage() {}
 
 func (x *SaveAdapterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[28]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2797,7 +3028,7 @@ func (x *SaveAdapterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveAdapterRequest.ProtoReflect.Descriptor instead.
 func (*SaveAdapterRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{28}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SaveAdapterRequest) GetName() string {
@@ -2825,7 +3056,7 @@ type SaveAdapterResponse struct {
 
 func (x *SaveAdapterResponse) Reset() {
 	*x = SaveAdapterResponse{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[29]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2837,7 +3068,7 @@ func (x *SaveAdapterResponse) String() string {
 func (*SaveAdapterResponse) ProtoMessage() {}
 
 func (x *SaveAdapterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[29]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2850,7 +3081,7 @@ func (x *SaveAdapterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SaveAdapterResponse.ProtoReflect.Descriptor instead.
 func (*SaveAdapterResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{29}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SaveAdapterResponse) GetCheckpoint() *AdapterCheckpoint {
@@ -2871,7 +3102,7 @@ type LoadAdapterRequest struct {
 
 func (x *LoadAdapterRequest) Reset() {
 	*x = LoadAdapterRequest{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[30]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2883,7 +3114,7 @@ func (x *LoadAdapterRequest) String() string {
 func (*LoadAdapterRequest) ProtoMessage() {}
 
 func (x *LoadAdapterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[30]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2896,7 +3127,7 @@ func (x *LoadAdapterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadAdapterRequest.ProtoReflect.Descriptor instead.
 func (*LoadAdapterRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{30}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LoadAdapterRequest) GetName() string {
@@ -2921,7 +3152,7 @@ type LoadAdapterResponse struct {
 
 func (x *LoadAdapterResponse) Reset() {
 	*x = LoadAdapterResponse{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[31]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2933,7 +3164,7 @@ func (x *LoadAdapterResponse) String() string {
 func (*LoadAdapterResponse) ProtoMessage() {}
 
 func (x *LoadAdapterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[31]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2946,7 +3177,7 @@ func (x *LoadAdapterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadAdapterResponse.ProtoReflect.Descriptor instead.
 func (*LoadAdapterResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{31}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *LoadAdapterResponse) GetCheckpoint() *AdapterCheckpoint {
@@ -2979,7 +3210,7 @@ type ListAdaptersRequest struct {
 
 func (x *ListAdaptersRequest) Reset() {
 	*x = ListAdaptersRequest{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[32]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2991,7 +3222,7 @@ func (x *ListAdaptersRequest) String() string {
 func (*ListAdaptersRequest) ProtoMessage() {}
 
 func (x *ListAdaptersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[32]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3004,7 +3235,7 @@ func (x *ListAdaptersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdaptersRequest.ProtoReflect.Descriptor instead.
 func (*ListAdaptersRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{32}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{33}
 }
 
 // ListAdaptersResponse lists checkpoints.
@@ -3018,7 +3249,7 @@ type ListAdaptersResponse struct {
 
 func (x *ListAdaptersResponse) Reset() {
 	*x = ListAdaptersResponse{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[33]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3030,7 +3261,7 @@ func (x *ListAdaptersResponse) String() string {
 func (*ListAdaptersResponse) ProtoMessage() {}
 
 func (x *ListAdaptersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[33]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3043,7 +3274,7 @@ func (x *ListAdaptersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdaptersResponse.ProtoReflect.Descriptor instead.
 func (*ListAdaptersResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{33}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListAdaptersResponse) GetCheckpoints() []*AdapterCheckpoint {
@@ -3064,7 +3295,7 @@ type DeleteAdapterRequest struct {
 
 func (x *DeleteAdapterRequest) Reset() {
 	*x = DeleteAdapterRequest{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[34]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3076,7 +3307,7 @@ func (x *DeleteAdapterRequest) String() string {
 func (*DeleteAdapterRequest) ProtoMessage() {}
 
 func (x *DeleteAdapterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[34]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3089,7 +3320,7 @@ func (x *DeleteAdapterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAdapterRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAdapterRequest) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{34}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DeleteAdapterRequest) GetName() string {
@@ -3108,7 +3339,7 @@ type DeleteAdapterResponse struct {
 
 func (x *DeleteAdapterResponse) Reset() {
 	*x = DeleteAdapterResponse{}
-	mi := &file_tandem_v1_tandem_proto_msgTypes[35]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3120,7 +3351,7 @@ func (x *DeleteAdapterResponse) String() string {
 func (*DeleteAdapterResponse) ProtoMessage() {}
 
 func (x *DeleteAdapterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tandem_v1_tandem_proto_msgTypes[35]
+	mi := &file_tandem_v1_tandem_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3133,7 +3364,544 @@ func (x *DeleteAdapterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAdapterResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAdapterResponse) Descriptor() ([]byte, []int) {
-	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{35}
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{36}
+}
+
+// ChatMessage is one turn of a conversation.
+type ChatMessage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Speaker: "system", "user", "assistant" (whatever the chat template knows).
+	Role string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	// The turn's text.
+	Content       string `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChatMessage) Reset() {
+	*x = ChatMessage{}
+	mi := &file_tandem_v1_tandem_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChatMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChatMessage) ProtoMessage() {}
+
+func (x *ChatMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_tandem_v1_tandem_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChatMessage.ProtoReflect.Descriptor instead.
+func (*ChatMessage) Descriptor() ([]byte, []int) {
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ChatMessage) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *ChatMessage) GetContent() string {
+	if x != nil {
+		return x.Content
+	}
+	return ""
+}
+
+// Chat is a conversation, rendered with the model's chat template.
+type Chat struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Turns, in order; at least one.
+	Messages      []*ChatMessage `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Chat) Reset() {
+	*x = Chat{}
+	mi := &file_tandem_v1_tandem_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Chat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Chat) ProtoMessage() {}
+
+func (x *Chat) ProtoReflect() protoreflect.Message {
+	mi := &file_tandem_v1_tandem_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Chat.ProtoReflect.Descriptor instead.
+func (*Chat) Descriptor() ([]byte, []int) {
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *Chat) GetMessages() []*ChatMessage {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+// TokenizeInput is one thing to tokenize.
+type TokenizeInput struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The input.
+	//
+	// Types that are valid to be assigned to Input:
+	//
+	//	*TokenizeInput_Text
+	//	*TokenizeInput_Chat
+	Input         isTokenizeInput_Input `protobuf_oneof:"input"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenizeInput) Reset() {
+	*x = TokenizeInput{}
+	mi := &file_tandem_v1_tandem_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenizeInput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenizeInput) ProtoMessage() {}
+
+func (x *TokenizeInput) ProtoReflect() protoreflect.Message {
+	mi := &file_tandem_v1_tandem_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenizeInput.ProtoReflect.Descriptor instead.
+func (*TokenizeInput) Descriptor() ([]byte, []int) {
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *TokenizeInput) GetInput() isTokenizeInput_Input {
+	if x != nil {
+		return x.Input
+	}
+	return nil
+}
+
+func (x *TokenizeInput) GetText() string {
+	if x != nil {
+		if x, ok := x.Input.(*TokenizeInput_Text); ok {
+			return x.Text
+		}
+	}
+	return ""
+}
+
+func (x *TokenizeInput) GetChat() *Chat {
+	if x != nil {
+		if x, ok := x.Input.(*TokenizeInput_Chat); ok {
+			return x.Chat
+		}
+	}
+	return nil
+}
+
+type isTokenizeInput_Input interface {
+	isTokenizeInput_Input()
+}
+
+type TokenizeInput_Text struct {
+	// Plain text.
+	Text string `protobuf:"bytes,1,opt,name=text,proto3,oneof"`
+}
+
+type TokenizeInput_Chat struct {
+	// A conversation (needs a tokenizer with a chat template, see
+	// SpecialTokens.has_chat_template; else FAILED_PRECONDITION).
+	Chat *Chat `protobuf:"bytes,2,opt,name=chat,proto3,oneof"`
+}
+
+func (*TokenizeInput_Text) isTokenizeInput_Input() {}
+
+func (*TokenizeInput_Chat) isTokenizeInput_Input() {}
+
+// TokenizeRequest asks for token ids of a batch of inputs.
+type TokenizeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Inputs, 1 to the server's --max-prompts-per-request.
+	Inputs []*TokenizeInput `protobuf:"bytes,1,rep,name=inputs,proto3" json:"inputs,omitempty"`
+	// Add the tokenizer's special tokens (e.g. BOS) as a Generate text prompt
+	// does. Default true for text; chat inputs follow the chat template, which
+	// places special tokens itself.
+	AddSpecialTokens *bool `protobuf:"varint,2,opt,name=add_special_tokens,json=addSpecialTokens,proto3,oneof" json:"add_special_tokens,omitempty"`
+	// Chat inputs: end with the template's cue for the assistant's turn (what a
+	// Generate prompt needs). Default false.
+	AddGenerationPrompt bool `protobuf:"varint,3,opt,name=add_generation_prompt,json=addGenerationPrompt,proto3" json:"add_generation_prompt,omitempty"`
+	// Also return each token's span in the text. Default false.
+	ReturnOffsets bool `protobuf:"varint,4,opt,name=return_offsets,json=returnOffsets,proto3" json:"return_offsets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenizeRequest) Reset() {
+	*x = TokenizeRequest{}
+	mi := &file_tandem_v1_tandem_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenizeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenizeRequest) ProtoMessage() {}
+
+func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tandem_v1_tandem_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenizeRequest.ProtoReflect.Descriptor instead.
+func (*TokenizeRequest) Descriptor() ([]byte, []int) {
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *TokenizeRequest) GetInputs() []*TokenizeInput {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
+}
+
+func (x *TokenizeRequest) GetAddSpecialTokens() bool {
+	if x != nil && x.AddSpecialTokens != nil {
+		return *x.AddSpecialTokens
+	}
+	return false
+}
+
+func (x *TokenizeRequest) GetAddGenerationPrompt() bool {
+	if x != nil {
+		return x.AddGenerationPrompt
+	}
+	return false
+}
+
+func (x *TokenizeRequest) GetReturnOffsets() bool {
+	if x != nil {
+		return x.ReturnOffsets
+	}
+	return false
+}
+
+// TextSpan is a half-open range [start, end) of Unicode code points
+// (characters, as Python indexes strings) in the tokenized text.
+type TextSpan struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// First character.
+	Start uint32 `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
+	// One past the last character.
+	End           uint32 `protobuf:"varint,2,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TextSpan) Reset() {
+	*x = TextSpan{}
+	mi := &file_tandem_v1_tandem_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TextSpan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TextSpan) ProtoMessage() {}
+
+func (x *TextSpan) ProtoReflect() protoreflect.Message {
+	mi := &file_tandem_v1_tandem_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TextSpan.ProtoReflect.Descriptor instead.
+func (*TextSpan) Descriptor() ([]byte, []int) {
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *TextSpan) GetStart() uint32 {
+	if x != nil {
+		return x.Start
+	}
+	return 0
+}
+
+func (x *TextSpan) GetEnd() uint32 {
+	if x != nil {
+		return x.End
+	}
+	return 0
+}
+
+// TokenizedInput is the result for one input.
+type TokenizedInput struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Token ids.
+	Ids []uint32 `protobuf:"varint,1,rep,packed,name=ids,proto3" json:"ids,omitempty"`
+	// One span per id when return_offsets was set (special tokens the
+	// tokenizer added have an empty span); chat inputs: spans in the rendered
+	// template text.
+	Offsets []*TextSpan `protobuf:"bytes,2,rep,name=offsets,proto3" json:"offsets,omitempty"`
+	// Chat inputs: the text the template rendered (what the ids encode); empty
+	// for text inputs.
+	RenderedText  string `protobuf:"bytes,3,opt,name=rendered_text,json=renderedText,proto3" json:"rendered_text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenizedInput) Reset() {
+	*x = TokenizedInput{}
+	mi := &file_tandem_v1_tandem_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenizedInput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenizedInput) ProtoMessage() {}
+
+func (x *TokenizedInput) ProtoReflect() protoreflect.Message {
+	mi := &file_tandem_v1_tandem_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenizedInput.ProtoReflect.Descriptor instead.
+func (*TokenizedInput) Descriptor() ([]byte, []int) {
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *TokenizedInput) GetIds() []uint32 {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+func (x *TokenizedInput) GetOffsets() []*TextSpan {
+	if x != nil {
+		return x.Offsets
+	}
+	return nil
+}
+
+func (x *TokenizedInput) GetRenderedText() string {
+	if x != nil {
+		return x.RenderedText
+	}
+	return ""
+}
+
+// TokenizeResponse carries one result per input, in order.
+type TokenizeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Results.
+	Results       []*TokenizedInput `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenizeResponse) Reset() {
+	*x = TokenizeResponse{}
+	mi := &file_tandem_v1_tandem_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenizeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenizeResponse) ProtoMessage() {}
+
+func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tandem_v1_tandem_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenizeResponse.ProtoReflect.Descriptor instead.
+func (*TokenizeResponse) Descriptor() ([]byte, []int) {
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *TokenizeResponse) GetResults() []*TokenizedInput {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// DetokenizeRequest asks for the text of lists of token ids.
+type DetokenizeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Token id lists, 1 to the server's --max-prompts-per-request; every id in
+	// [0, vocab_size).
+	Sequences []*TokenIds `protobuf:"bytes,1,rep,name=sequences,proto3" json:"sequences,omitempty"`
+	// Leave special tokens (BOS, EOS, padding ...) out of the text. Default
+	// false.
+	SkipSpecialTokens bool `protobuf:"varint,2,opt,name=skip_special_tokens,json=skipSpecialTokens,proto3" json:"skip_special_tokens,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *DetokenizeRequest) Reset() {
+	*x = DetokenizeRequest{}
+	mi := &file_tandem_v1_tandem_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DetokenizeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DetokenizeRequest) ProtoMessage() {}
+
+func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tandem_v1_tandem_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DetokenizeRequest.ProtoReflect.Descriptor instead.
+func (*DetokenizeRequest) Descriptor() ([]byte, []int) {
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *DetokenizeRequest) GetSequences() []*TokenIds {
+	if x != nil {
+		return x.Sequences
+	}
+	return nil
+}
+
+func (x *DetokenizeRequest) GetSkipSpecialTokens() bool {
+	if x != nil {
+		return x.SkipSpecialTokens
+	}
+	return false
+}
+
+// DetokenizeResponse carries one text per sequence, in order.
+type DetokenizeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Texts.
+	Texts         []string `protobuf:"bytes,1,rep,name=texts,proto3" json:"texts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DetokenizeResponse) Reset() {
+	*x = DetokenizeResponse{}
+	mi := &file_tandem_v1_tandem_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DetokenizeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DetokenizeResponse) ProtoMessage() {}
+
+func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tandem_v1_tandem_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DetokenizeResponse.ProtoReflect.Descriptor instead.
+func (*DetokenizeResponse) Descriptor() ([]byte, []int) {
+	return file_tandem_v1_tandem_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *DetokenizeResponse) GetTexts() []string {
+	if x != nil {
+		return x.Texts
+	}
+	return nil
 }
 
 var File_tandem_v1_tandem_proto protoreflect.FileDescriptor
@@ -3150,7 +3918,7 @@ const file_tandem_v1_tandem_proto_rawDesc = "" +
 	"\x05_rankB\b\n" +
 	"\x06_alphaB\n" +
 	"\n" +
-	"\b_dropout\"\xbd\x06\n" +
+	"\b_dropout\"\x8a\a\n" +
 	"\x10LoadModelRequest\x12\x1d\n" +
 	"\n" +
 	"model_name\x18\x01 \x01(\tR\tmodelName\x12)\n" +
@@ -3169,7 +3937,8 @@ const file_tandem_v1_tandem_proto_rawDesc = "" +
 	"\x16gradient_checkpointing\x18\f \x01(\bH\bR\x15gradientCheckpointing\x88\x01\x01\x12\x1d\n" +
 	"\astandby\x18\r \x01(\bH\tR\astandby\x88\x01\x01\x12 \n" +
 	"\tmax_loras\x18\x0e \x01(\rH\n" +
-	"R\bmaxLoras\x88\x01\x01B\x11\n" +
+	"R\bmaxLoras\x88\x01\x01\x123\n" +
+	"\x13publish_every_steps\x18\x0f \x01(\rH\vR\x11publishEverySteps\x88\x01\x01B\x11\n" +
 	"\x0f_max_seq_lengthB\x0f\n" +
 	"\r_load_in_4bitB\x11\n" +
 	"\x0f_fast_inferenceB\x19\n" +
@@ -3182,7 +3951,8 @@ const file_tandem_v1_tandem_proto_rawDesc = "" +
 	"\n" +
 	"\b_standbyB\f\n" +
 	"\n" +
-	"_max_loras\"\xbb\x01\n" +
+	"_max_lorasB\x16\n" +
+	"\x14_publish_every_steps\"\xbb\x01\n" +
 	"\fLoadProgress\x12*\n" +
 	"\x05phase\x18\x01 \x01(\x0e2\x14.tandem.v1.LoadPhaseR\x05phase\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x12\n" +
@@ -3199,7 +3969,7 @@ const file_tandem_v1_tandem_proto_rawDesc = "" +
 	"\x15device_reserved_bytes\x18\x06 \x01(\x04R\x13deviceReservedBytes\x12,\n" +
 	"\x12device_total_bytes\x18\a \x01(\x04R\x10deviceTotalBytes\x12*\n" +
 	"\x11process_rss_bytes\x18\b \x01(\x04R\x0fprocessRssBytes\x12,\n" +
-	"\x12base_weight_copies\x18\t \x01(\rR\x10baseWeightCopies\"\xb3\x05\n" +
+	"\x12base_weight_copies\x18\t \x01(\rR\x10baseWeightCopies\"\xb0\x06\n" +
 	"\tModelInfo\x12\x1d\n" +
 	"\n" +
 	"model_name\x18\x01 \x01(\tR\tmodelName\x12-\n" +
@@ -3222,7 +3992,24 @@ const file_tandem_v1_tandem_proto_rawDesc = "" +
 	"\x06memory\x18\x0f \x01(\v2\x16.tandem.v1.MemoryUsageR\x06memory\x12!\n" +
 	"\fload_seconds\x18\x10 \x01(\x01R\vloadSeconds\x12!\n" +
 	"\frandom_state\x18\x11 \x01(\x04R\vrandomState\x12\x18\n" +
-	"\astandby\x18\x12 \x01(\bR\astandby\"\x81\x01\n" +
+	"\astandby\x18\x12 \x01(\bR\astandby\x12?\n" +
+	"\x0especial_tokens\x18\x13 \x01(\v2\x18.tandem.v1.SpecialTokensR\rspecialTokens\x12:\n" +
+	"\x19published_adapter_version\x18\x14 \x01(\x04R\x17publishedAdapterVersion\"\xc3\x02\n" +
+	"\rSpecialTokens\x12%\n" +
+	"\fbos_token_id\x18\x01 \x01(\rH\x00R\n" +
+	"bosTokenId\x88\x01\x01\x12%\n" +
+	"\feos_token_id\x18\x02 \x01(\rH\x01R\n" +
+	"eosTokenId\x88\x01\x01\x12%\n" +
+	"\fpad_token_id\x18\x03 \x01(\rH\x02R\n" +
+	"padTokenId\x88\x01\x01\x12%\n" +
+	"\funk_token_id\x18\x04 \x01(\rH\x03R\n" +
+	"unkTokenId\x88\x01\x01\x12&\n" +
+	"\x0fall_special_ids\x18\x05 \x03(\rR\rallSpecialIds\x12*\n" +
+	"\x11has_chat_template\x18\x06 \x01(\bR\x0fhasChatTemplateB\x0f\n" +
+	"\r_bos_token_idB\x0f\n" +
+	"\r_eos_token_idB\x0f\n" +
+	"\r_pad_token_idB\x0f\n" +
+	"\r_unk_token_id\"\x81\x01\n" +
 	"\x11LoadModelResponse\x125\n" +
 	"\bprogress\x18\x01 \x01(\v2\x17.tandem.v1.LoadProgressH\x00R\bprogress\x12,\n" +
 	"\x05model\x18\x02 \x01(\v2\x14.tandem.v1.ModelInfoH\x00R\x05modelB\a\n" +
@@ -3230,10 +4017,12 @@ const file_tandem_v1_tandem_proto_rawDesc = "" +
 	"\x12UnloadModelRequest\"1\n" +
 	"\x13UnloadModelResponse\x12\x1a\n" +
 	"\bunloaded\x18\x01 \x01(\bR\bunloaded\"\x11\n" +
-	"\x0fGetModelRequest\"V\n" +
+	"\x0fGetModelRequest\"\xaa\x01\n" +
 	"\x10GetModelResponse\x12\x16\n" +
 	"\x06loaded\x18\x01 \x01(\bR\x06loaded\x12*\n" +
-	"\x05model\x18\x02 \x01(\v2\x14.tandem.v1.ModelInfoR\x05model\"\x1c\n" +
+	"\x05model\x18\x02 \x01(\v2\x14.tandem.v1.ModelInfoR\x05model\x12)\n" +
+	"\x04role\x18\x03 \x01(\x0e2\x15.tandem.v1.ServerRoleR\x04role\x12'\n" +
+	"\x0ftrainer_address\x18\x04 \x01(\tR\x0etrainerAddress\"\x1c\n" +
 	"\bTokenIds\x12\x10\n" +
 	"\x03ids\x18\x01 \x03(\rR\x03ids\"[\n" +
 	"\x06Prompt\x12\x14\n" +
@@ -3262,11 +4051,14 @@ const file_tandem_v1_tandem_proto_rawDesc = "" +
 	"\x06_min_pB\r\n" +
 	"\v_max_tokensB\a\n" +
 	"\x05_seedB\v\n" +
-	"\t_logprobs\"\x8f\x01\n" +
+	"\t_logprobs\"\x82\x02\n" +
 	"\x0fGenerateRequest\x12+\n" +
 	"\aprompts\x18\x01 \x03(\v2\x11.tandem.v1.PromptR\aprompts\x125\n" +
 	"\bsampling\x18\x02 \x01(\v2\x19.tandem.v1.SamplingParamsR\bsampling\x12\x18\n" +
-	"\aadapter\x18\x03 \x01(\tR\aadapter\"A\n" +
+	"\aadapter\x18\x03 \x01(\tR\aadapter\x12$\n" +
+	"\x0etoken_ids_only\x18\x04 \x01(\bR\ftokenIdsOnly\x123\n" +
+	"\x13min_adapter_version\x18\x05 \x01(\x04H\x00R\x11minAdapterVersion\x88\x01\x01B\x16\n" +
+	"\x14_min_adapter_version\"A\n" +
 	"\n" +
 	"TopLogprob\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\rR\atokenId\x12\x18\n" +
@@ -3387,7 +4179,42 @@ const file_tandem_v1_tandem_proto_rawDesc = "" +
 	"\vcheckpoints\x18\x01 \x03(\v2\x1c.tandem.v1.AdapterCheckpointR\vcheckpoints\"*\n" +
 	"\x14DeleteAdapterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x17\n" +
-	"\x15DeleteAdapterResponse*\\\n" +
+	"\x15DeleteAdapterResponse\";\n" +
+	"\vChatMessage\x12\x12\n" +
+	"\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\tR\acontent\":\n" +
+	"\x04Chat\x122\n" +
+	"\bmessages\x18\x01 \x03(\v2\x16.tandem.v1.ChatMessageR\bmessages\"U\n" +
+	"\rTokenizeInput\x12\x14\n" +
+	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12%\n" +
+	"\x04chat\x18\x02 \x01(\v2\x0f.tandem.v1.ChatH\x00R\x04chatB\a\n" +
+	"\x05input\"\xe8\x01\n" +
+	"\x0fTokenizeRequest\x120\n" +
+	"\x06inputs\x18\x01 \x03(\v2\x18.tandem.v1.TokenizeInputR\x06inputs\x121\n" +
+	"\x12add_special_tokens\x18\x02 \x01(\bH\x00R\x10addSpecialTokens\x88\x01\x01\x122\n" +
+	"\x15add_generation_prompt\x18\x03 \x01(\bR\x13addGenerationPrompt\x12%\n" +
+	"\x0ereturn_offsets\x18\x04 \x01(\bR\rreturnOffsetsB\x15\n" +
+	"\x13_add_special_tokens\"2\n" +
+	"\bTextSpan\x12\x14\n" +
+	"\x05start\x18\x01 \x01(\rR\x05start\x12\x10\n" +
+	"\x03end\x18\x02 \x01(\rR\x03end\"v\n" +
+	"\x0eTokenizedInput\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\rR\x03ids\x12-\n" +
+	"\aoffsets\x18\x02 \x03(\v2\x13.tandem.v1.TextSpanR\aoffsets\x12#\n" +
+	"\rrendered_text\x18\x03 \x01(\tR\frenderedText\"G\n" +
+	"\x10TokenizeResponse\x123\n" +
+	"\aresults\x18\x01 \x03(\v2\x19.tandem.v1.TokenizedInputR\aresults\"v\n" +
+	"\x11DetokenizeRequest\x121\n" +
+	"\tsequences\x18\x01 \x03(\v2\x13.tandem.v1.TokenIdsR\tsequences\x12.\n" +
+	"\x13skip_special_tokens\x18\x02 \x01(\bR\x11skipSpecialTokens\"*\n" +
+	"\x12DetokenizeResponse\x12\x14\n" +
+	"\x05texts\x18\x01 \x03(\tR\x05texts*q\n" +
+	"\n" +
+	"ServerRole\x12\x1b\n" +
+	"\x17SERVER_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10SERVER_ROLE_BOTH\x10\x01\x12\x17\n" +
+	"\x13SERVER_ROLE_TRAINER\x10\x02\x12\x17\n" +
+	"\x13SERVER_ROLE_SAMPLER\x10\x03*\\\n" +
 	"\x05DType\x12\x16\n" +
 	"\x12D_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eD_TYPE_FLOAT32\x10\x01\x12\x12\n" +
@@ -3420,7 +4247,7 @@ const file_tandem_v1_tandem_proto_rawDesc = "" +
 	"\x18STEP_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14STEP_OUTCOME_APPLIED\x10\x01\x12\x1c\n" +
 	"\x18STEP_OUTCOME_ACCUMULATED\x10\x02\x12\"\n" +
-	"\x1eSTEP_OUTCOME_SKIPPED_NONFINITE\x10\x032\x96\x06\n" +
+	"\x1eSTEP_OUTCOME_SKIPPED_NONFINITE\x10\x032\xa6\a\n" +
 	"\rTandemService\x12H\n" +
 	"\tLoadModel\x12\x1b.tandem.v1.LoadModelRequest\x1a\x1c.tandem.v1.LoadModelResponse0\x01\x12L\n" +
 	"\vUnloadModel\x12\x1d.tandem.v1.UnloadModelRequest\x1a\x1e.tandem.v1.UnloadModelResponse\x12C\n" +
@@ -3431,7 +4258,10 @@ const file_tandem_v1_tandem_proto_rawDesc = "" +
 	"\vSaveAdapter\x12\x1d.tandem.v1.SaveAdapterRequest\x1a\x1e.tandem.v1.SaveAdapterResponse\x12L\n" +
 	"\vLoadAdapter\x12\x1d.tandem.v1.LoadAdapterRequest\x1a\x1e.tandem.v1.LoadAdapterResponse\x12O\n" +
 	"\fListAdapters\x12\x1e.tandem.v1.ListAdaptersRequest\x1a\x1f.tandem.v1.ListAdaptersResponse\x12R\n" +
-	"\rDeleteAdapter\x12\x1f.tandem.v1.DeleteAdapterRequest\x1a .tandem.v1.DeleteAdapterResponseB?Z=github.com/tandem-ai/tandem/clients/go/gen/tandem/v1;tandemv1b\x06proto3"
+	"\rDeleteAdapter\x12\x1f.tandem.v1.DeleteAdapterRequest\x1a .tandem.v1.DeleteAdapterResponse\x12C\n" +
+	"\bTokenize\x12\x1a.tandem.v1.TokenizeRequest\x1a\x1b.tandem.v1.TokenizeResponse\x12I\n" +
+	"\n" +
+	"Detokenize\x12\x1c.tandem.v1.DetokenizeRequest\x1a\x1d.tandem.v1.DetokenizeResponseB?Z=github.com/tandem-ai/tandem/clients/go/gen/tandem/v1;tandemv1b\x06proto3"
 
 var (
 	file_tandem_v1_tandem_proto_rawDescOnce sync.Once
@@ -3445,106 +4275,129 @@ func file_tandem_v1_tandem_proto_rawDescGZIP() []byte {
 	return file_tandem_v1_tandem_proto_rawDescData
 }
 
-var file_tandem_v1_tandem_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_tandem_v1_tandem_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_tandem_v1_tandem_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
+var file_tandem_v1_tandem_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_tandem_v1_tandem_proto_goTypes = []any{
-	(DType)(0),                      // 0: tandem.v1.DType
-	(EngineKind)(0),                 // 1: tandem.v1.EngineKind
-	(LoadPhase)(0),                  // 2: tandem.v1.LoadPhase
-	(FinishReason)(0),               // 3: tandem.v1.FinishReason
-	(LossFunction)(0),               // 4: tandem.v1.LossFunction
-	(StepOutcome)(0),                // 5: tandem.v1.StepOutcome
-	(*LoraConfig)(nil),              // 6: tandem.v1.LoraConfig
-	(*LoadModelRequest)(nil),        // 7: tandem.v1.LoadModelRequest
-	(*LoadProgress)(nil),            // 8: tandem.v1.LoadProgress
-	(*MemoryUsage)(nil),             // 9: tandem.v1.MemoryUsage
-	(*ModelInfo)(nil),               // 10: tandem.v1.ModelInfo
-	(*LoadModelResponse)(nil),       // 11: tandem.v1.LoadModelResponse
-	(*UnloadModelRequest)(nil),      // 12: tandem.v1.UnloadModelRequest
-	(*UnloadModelResponse)(nil),     // 13: tandem.v1.UnloadModelResponse
-	(*GetModelRequest)(nil),         // 14: tandem.v1.GetModelRequest
-	(*GetModelResponse)(nil),        // 15: tandem.v1.GetModelResponse
-	(*TokenIds)(nil),                // 16: tandem.v1.TokenIds
-	(*Prompt)(nil),                  // 17: tandem.v1.Prompt
-	(*SamplingParams)(nil),          // 18: tandem.v1.SamplingParams
-	(*GenerateRequest)(nil),         // 19: tandem.v1.GenerateRequest
-	(*TopLogprob)(nil),              // 20: tandem.v1.TopLogprob
-	(*TokenLogprob)(nil),            // 21: tandem.v1.TokenLogprob
-	(*Usage)(nil),                   // 22: tandem.v1.Usage
-	(*GenerateResponse)(nil),        // 23: tandem.v1.GenerateResponse
-	(*TrainSequence)(nil),           // 24: tandem.v1.TrainSequence
-	(*LossConfig)(nil),              // 25: tandem.v1.LossConfig
-	(*OptimizerConfig)(nil),         // 26: tandem.v1.OptimizerConfig
-	(*TrainStepRequest)(nil),        // 27: tandem.v1.TrainStepRequest
-	(*PhaseSeconds)(nil),            // 28: tandem.v1.PhaseSeconds
-	(*TrainStepResponse)(nil),       // 29: tandem.v1.TrainStepResponse
-	(*ComputeLogprobsRequest)(nil),  // 30: tandem.v1.ComputeLogprobsRequest
-	(*SequenceLogprobs)(nil),        // 31: tandem.v1.SequenceLogprobs
-	(*ComputeLogprobsResponse)(nil), // 32: tandem.v1.ComputeLogprobsResponse
-	(*AdapterCheckpoint)(nil),       // 33: tandem.v1.AdapterCheckpoint
-	(*SaveAdapterRequest)(nil),      // 34: tandem.v1.SaveAdapterRequest
-	(*SaveAdapterResponse)(nil),     // 35: tandem.v1.SaveAdapterResponse
-	(*LoadAdapterRequest)(nil),      // 36: tandem.v1.LoadAdapterRequest
-	(*LoadAdapterResponse)(nil),     // 37: tandem.v1.LoadAdapterResponse
-	(*ListAdaptersRequest)(nil),     // 38: tandem.v1.ListAdaptersRequest
-	(*ListAdaptersResponse)(nil),    // 39: tandem.v1.ListAdaptersResponse
-	(*DeleteAdapterRequest)(nil),    // 40: tandem.v1.DeleteAdapterRequest
-	(*DeleteAdapterResponse)(nil),   // 41: tandem.v1.DeleteAdapterResponse
+	(ServerRole)(0),                 // 0: tandem.v1.ServerRole
+	(DType)(0),                      // 1: tandem.v1.DType
+	(EngineKind)(0),                 // 2: tandem.v1.EngineKind
+	(LoadPhase)(0),                  // 3: tandem.v1.LoadPhase
+	(FinishReason)(0),               // 4: tandem.v1.FinishReason
+	(LossFunction)(0),               // 5: tandem.v1.LossFunction
+	(StepOutcome)(0),                // 6: tandem.v1.StepOutcome
+	(*LoraConfig)(nil),              // 7: tandem.v1.LoraConfig
+	(*LoadModelRequest)(nil),        // 8: tandem.v1.LoadModelRequest
+	(*LoadProgress)(nil),            // 9: tandem.v1.LoadProgress
+	(*MemoryUsage)(nil),             // 10: tandem.v1.MemoryUsage
+	(*ModelInfo)(nil),               // 11: tandem.v1.ModelInfo
+	(*SpecialTokens)(nil),           // 12: tandem.v1.SpecialTokens
+	(*LoadModelResponse)(nil),       // 13: tandem.v1.LoadModelResponse
+	(*UnloadModelRequest)(nil),      // 14: tandem.v1.UnloadModelRequest
+	(*UnloadModelResponse)(nil),     // 15: tandem.v1.UnloadModelResponse
+	(*GetModelRequest)(nil),         // 16: tandem.v1.GetModelRequest
+	(*GetModelResponse)(nil),        // 17: tandem.v1.GetModelResponse
+	(*TokenIds)(nil),                // 18: tandem.v1.TokenIds
+	(*Prompt)(nil),                  // 19: tandem.v1.Prompt
+	(*SamplingParams)(nil),          // 20: tandem.v1.SamplingParams
+	(*GenerateRequest)(nil),         // 21: tandem.v1.GenerateRequest
+	(*TopLogprob)(nil),              // 22: tandem.v1.TopLogprob
+	(*TokenLogprob)(nil),            // 23: tandem.v1.TokenLogprob
+	(*Usage)(nil),                   // 24: tandem.v1.Usage
+	(*GenerateResponse)(nil),        // 25: tandem.v1.GenerateResponse
+	(*TrainSequence)(nil),           // 26: tandem.v1.TrainSequence
+	(*LossConfig)(nil),              // 27: tandem.v1.LossConfig
+	(*OptimizerConfig)(nil),         // 28: tandem.v1.OptimizerConfig
+	(*TrainStepRequest)(nil),        // 29: tandem.v1.TrainStepRequest
+	(*PhaseSeconds)(nil),            // 30: tandem.v1.PhaseSeconds
+	(*TrainStepResponse)(nil),       // 31: tandem.v1.TrainStepResponse
+	(*ComputeLogprobsRequest)(nil),  // 32: tandem.v1.ComputeLogprobsRequest
+	(*SequenceLogprobs)(nil),        // 33: tandem.v1.SequenceLogprobs
+	(*ComputeLogprobsResponse)(nil), // 34: tandem.v1.ComputeLogprobsResponse
+	(*AdapterCheckpoint)(nil),       // 35: tandem.v1.AdapterCheckpoint
+	(*SaveAdapterRequest)(nil),      // 36: tandem.v1.SaveAdapterRequest
+	(*SaveAdapterResponse)(nil),     // 37: tandem.v1.SaveAdapterResponse
+	(*LoadAdapterRequest)(nil),      // 38: tandem.v1.LoadAdapterRequest
+	(*LoadAdapterResponse)(nil),     // 39: tandem.v1.LoadAdapterResponse
+	(*ListAdaptersRequest)(nil),     // 40: tandem.v1.ListAdaptersRequest
+	(*ListAdaptersResponse)(nil),    // 41: tandem.v1.ListAdaptersResponse
+	(*DeleteAdapterRequest)(nil),    // 42: tandem.v1.DeleteAdapterRequest
+	(*DeleteAdapterResponse)(nil),   // 43: tandem.v1.DeleteAdapterResponse
+	(*ChatMessage)(nil),             // 44: tandem.v1.ChatMessage
+	(*Chat)(nil),                    // 45: tandem.v1.Chat
+	(*TokenizeInput)(nil),           // 46: tandem.v1.TokenizeInput
+	(*TokenizeRequest)(nil),         // 47: tandem.v1.TokenizeRequest
+	(*TextSpan)(nil),                // 48: tandem.v1.TextSpan
+	(*TokenizedInput)(nil),          // 49: tandem.v1.TokenizedInput
+	(*TokenizeResponse)(nil),        // 50: tandem.v1.TokenizeResponse
+	(*DetokenizeRequest)(nil),       // 51: tandem.v1.DetokenizeRequest
+	(*DetokenizeResponse)(nil),      // 52: tandem.v1.DetokenizeResponse
 }
 var file_tandem_v1_tandem_proto_depIdxs = []int32{
-	0,  // 0: tandem.v1.LoadModelRequest.dtype:type_name -> tandem.v1.DType
-	6,  // 1: tandem.v1.LoadModelRequest.lora:type_name -> tandem.v1.LoraConfig
-	2,  // 2: tandem.v1.LoadProgress.phase:type_name -> tandem.v1.LoadPhase
-	1,  // 3: tandem.v1.ModelInfo.engine:type_name -> tandem.v1.EngineKind
-	0,  // 4: tandem.v1.ModelInfo.dtype:type_name -> tandem.v1.DType
-	6,  // 5: tandem.v1.ModelInfo.lora:type_name -> tandem.v1.LoraConfig
-	9,  // 6: tandem.v1.ModelInfo.memory:type_name -> tandem.v1.MemoryUsage
-	8,  // 7: tandem.v1.LoadModelResponse.progress:type_name -> tandem.v1.LoadProgress
-	10, // 8: tandem.v1.LoadModelResponse.model:type_name -> tandem.v1.ModelInfo
-	10, // 9: tandem.v1.GetModelResponse.model:type_name -> tandem.v1.ModelInfo
-	16, // 10: tandem.v1.Prompt.token_ids:type_name -> tandem.v1.TokenIds
-	17, // 11: tandem.v1.GenerateRequest.prompts:type_name -> tandem.v1.Prompt
-	18, // 12: tandem.v1.GenerateRequest.sampling:type_name -> tandem.v1.SamplingParams
-	20, // 13: tandem.v1.TokenLogprob.top:type_name -> tandem.v1.TopLogprob
-	21, // 14: tandem.v1.GenerateResponse.logprobs:type_name -> tandem.v1.TokenLogprob
-	3,  // 15: tandem.v1.GenerateResponse.finish_reason:type_name -> tandem.v1.FinishReason
-	22, // 16: tandem.v1.GenerateResponse.usage:type_name -> tandem.v1.Usage
-	4,  // 17: tandem.v1.LossConfig.function:type_name -> tandem.v1.LossFunction
-	24, // 18: tandem.v1.TrainStepRequest.sequences:type_name -> tandem.v1.TrainSequence
-	25, // 19: tandem.v1.TrainStepRequest.loss:type_name -> tandem.v1.LossConfig
-	26, // 20: tandem.v1.TrainStepRequest.optimizer:type_name -> tandem.v1.OptimizerConfig
-	5,  // 21: tandem.v1.TrainStepResponse.outcome:type_name -> tandem.v1.StepOutcome
-	28, // 22: tandem.v1.TrainStepResponse.seconds:type_name -> tandem.v1.PhaseSeconds
-	16, // 23: tandem.v1.ComputeLogprobsRequest.sequences:type_name -> tandem.v1.TokenIds
-	31, // 24: tandem.v1.ComputeLogprobsResponse.sequences:type_name -> tandem.v1.SequenceLogprobs
-	33, // 25: tandem.v1.SaveAdapterResponse.checkpoint:type_name -> tandem.v1.AdapterCheckpoint
-	33, // 26: tandem.v1.LoadAdapterResponse.checkpoint:type_name -> tandem.v1.AdapterCheckpoint
-	33, // 27: tandem.v1.ListAdaptersResponse.checkpoints:type_name -> tandem.v1.AdapterCheckpoint
-	7,  // 28: tandem.v1.TandemService.LoadModel:input_type -> tandem.v1.LoadModelRequest
-	12, // 29: tandem.v1.TandemService.UnloadModel:input_type -> tandem.v1.UnloadModelRequest
-	14, // 30: tandem.v1.TandemService.GetModel:input_type -> tandem.v1.GetModelRequest
-	19, // 31: tandem.v1.TandemService.Generate:input_type -> tandem.v1.GenerateRequest
-	27, // 32: tandem.v1.TandemService.TrainStep:input_type -> tandem.v1.TrainStepRequest
-	30, // 33: tandem.v1.TandemService.ComputeLogprobs:input_type -> tandem.v1.ComputeLogprobsRequest
-	34, // 34: tandem.v1.TandemService.SaveAdapter:input_type -> tandem.v1.SaveAdapterRequest
-	36, // 35: tandem.v1.TandemService.LoadAdapter:input_type -> tandem.v1.LoadAdapterRequest
-	38, // 36: tandem.v1.TandemService.ListAdapters:input_type -> tandem.v1.ListAdaptersRequest
-	40, // 37: tandem.v1.TandemService.DeleteAdapter:input_type -> tandem.v1.DeleteAdapterRequest
-	11, // 38: tandem.v1.TandemService.LoadModel:output_type -> tandem.v1.LoadModelResponse
-	13, // 39: tandem.v1.TandemService.UnloadModel:output_type -> tandem.v1.UnloadModelResponse
-	15, // 40: tandem.v1.TandemService.GetModel:output_type -> tandem.v1.GetModelResponse
-	23, // 41: tandem.v1.TandemService.Generate:output_type -> tandem.v1.GenerateResponse
-	29, // 42: tandem.v1.TandemService.TrainStep:output_type -> tandem.v1.TrainStepResponse
-	32, // 43: tandem.v1.TandemService.ComputeLogprobs:output_type -> tandem.v1.ComputeLogprobsResponse
-	35, // 44: tandem.v1.TandemService.SaveAdapter:output_type -> tandem.v1.SaveAdapterResponse
-	37, // 45: tandem.v1.TandemService.LoadAdapter:output_type -> tandem.v1.LoadAdapterResponse
-	39, // 46: tandem.v1.TandemService.ListAdapters:output_type -> tandem.v1.ListAdaptersResponse
-	41, // 47: tandem.v1.TandemService.DeleteAdapter:output_type -> tandem.v1.DeleteAdapterResponse
-	38, // [38:48] is the sub-list for method output_type
-	28, // [28:38] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	1,  // 0: tandem.v1.LoadModelRequest.dtype:type_name -> tandem.v1.DType
+	7,  // 1: tandem.v1.LoadModelRequest.lora:type_name -> tandem.v1.LoraConfig
+	3,  // 2: tandem.v1.LoadProgress.phase:type_name -> tandem.v1.LoadPhase
+	2,  // 3: tandem.v1.ModelInfo.engine:type_name -> tandem.v1.EngineKind
+	1,  // 4: tandem.v1.ModelInfo.dtype:type_name -> tandem.v1.DType
+	7,  // 5: tandem.v1.ModelInfo.lora:type_name -> tandem.v1.LoraConfig
+	10, // 6: tandem.v1.ModelInfo.memory:type_name -> tandem.v1.MemoryUsage
+	12, // 7: tandem.v1.ModelInfo.special_tokens:type_name -> tandem.v1.SpecialTokens
+	9,  // 8: tandem.v1.LoadModelResponse.progress:type_name -> tandem.v1.LoadProgress
+	11, // 9: tandem.v1.LoadModelResponse.model:type_name -> tandem.v1.ModelInfo
+	11, // 10: tandem.v1.GetModelResponse.model:type_name -> tandem.v1.ModelInfo
+	0,  // 11: tandem.v1.GetModelResponse.role:type_name -> tandem.v1.ServerRole
+	18, // 12: tandem.v1.Prompt.token_ids:type_name -> tandem.v1.TokenIds
+	19, // 13: tandem.v1.GenerateRequest.prompts:type_name -> tandem.v1.Prompt
+	20, // 14: tandem.v1.GenerateRequest.sampling:type_name -> tandem.v1.SamplingParams
+	22, // 15: tandem.v1.TokenLogprob.top:type_name -> tandem.v1.TopLogprob
+	23, // 16: tandem.v1.GenerateResponse.logprobs:type_name -> tandem.v1.TokenLogprob
+	4,  // 17: tandem.v1.GenerateResponse.finish_reason:type_name -> tandem.v1.FinishReason
+	24, // 18: tandem.v1.GenerateResponse.usage:type_name -> tandem.v1.Usage
+	5,  // 19: tandem.v1.LossConfig.function:type_name -> tandem.v1.LossFunction
+	26, // 20: tandem.v1.TrainStepRequest.sequences:type_name -> tandem.v1.TrainSequence
+	27, // 21: tandem.v1.TrainStepRequest.loss:type_name -> tandem.v1.LossConfig
+	28, // 22: tandem.v1.TrainStepRequest.optimizer:type_name -> tandem.v1.OptimizerConfig
+	6,  // 23: tandem.v1.TrainStepResponse.outcome:type_name -> tandem.v1.StepOutcome
+	30, // 24: tandem.v1.TrainStepResponse.seconds:type_name -> tandem.v1.PhaseSeconds
+	18, // 25: tandem.v1.ComputeLogprobsRequest.sequences:type_name -> tandem.v1.TokenIds
+	33, // 26: tandem.v1.ComputeLogprobsResponse.sequences:type_name -> tandem.v1.SequenceLogprobs
+	35, // 27: tandem.v1.SaveAdapterResponse.checkpoint:type_name -> tandem.v1.AdapterCheckpoint
+	35, // 28: tandem.v1.LoadAdapterResponse.checkpoint:type_name -> tandem.v1.AdapterCheckpoint
+	35, // 29: tandem.v1.ListAdaptersResponse.checkpoints:type_name -> tandem.v1.AdapterCheckpoint
+	44, // 30: tandem.v1.Chat.messages:type_name -> tandem.v1.ChatMessage
+	45, // 31: tandem.v1.TokenizeInput.chat:type_name -> tandem.v1.Chat
+	46, // 32: tandem.v1.TokenizeRequest.inputs:type_name -> tandem.v1.TokenizeInput
+	48, // 33: tandem.v1.TokenizedInput.offsets:type_name -> tandem.v1.TextSpan
+	49, // 34: tandem.v1.TokenizeResponse.results:type_name -> tandem.v1.TokenizedInput
+	18, // 35: tandem.v1.DetokenizeRequest.sequences:type_name -> tandem.v1.TokenIds
+	8,  // 36: tandem.v1.TandemService.LoadModel:input_type -> tandem.v1.LoadModelRequest
+	14, // 37: tandem.v1.TandemService.UnloadModel:input_type -> tandem.v1.UnloadModelRequest
+	16, // 38: tandem.v1.TandemService.GetModel:input_type -> tandem.v1.GetModelRequest
+	21, // 39: tandem.v1.TandemService.Generate:input_type -> tandem.v1.GenerateRequest
+	29, // 40: tandem.v1.TandemService.TrainStep:input_type -> tandem.v1.TrainStepRequest
+	32, // 41: tandem.v1.TandemService.ComputeLogprobs:input_type -> tandem.v1.ComputeLogprobsRequest
+	36, // 42: tandem.v1.TandemService.SaveAdapter:input_type -> tandem.v1.SaveAdapterRequest
+	38, // 43: tandem.v1.TandemService.LoadAdapter:input_type -> tandem.v1.LoadAdapterRequest
+	40, // 44: tandem.v1.TandemService.ListAdapters:input_type -> tandem.v1.ListAdaptersRequest
+	42, // 45: tandem.v1.TandemService.DeleteAdapter:input_type -> tandem.v1.DeleteAdapterRequest
+	47, // 46: tandem.v1.TandemService.Tokenize:input_type -> tandem.v1.TokenizeRequest
+	51, // 47: tandem.v1.TandemService.Detokenize:input_type -> tandem.v1.DetokenizeRequest
+	13, // 48: tandem.v1.TandemService.LoadModel:output_type -> tandem.v1.LoadModelResponse
+	15, // 49: tandem.v1.TandemService.UnloadModel:output_type -> tandem.v1.UnloadModelResponse
+	17, // 50: tandem.v1.TandemService.GetModel:output_type -> tandem.v1.GetModelResponse
+	25, // 51: tandem.v1.TandemService.Generate:output_type -> tandem.v1.GenerateResponse
+	31, // 52: tandem.v1.TandemService.TrainStep:output_type -> tandem.v1.TrainStepResponse
+	34, // 53: tandem.v1.TandemService.ComputeLogprobs:output_type -> tandem.v1.ComputeLogprobsResponse
+	37, // 54: tandem.v1.TandemService.SaveAdapter:output_type -> tandem.v1.SaveAdapterResponse
+	39, // 55: tandem.v1.TandemService.LoadAdapter:output_type -> tandem.v1.LoadAdapterResponse
+	41, // 56: tandem.v1.TandemService.ListAdapters:output_type -> tandem.v1.ListAdaptersResponse
+	43, // 57: tandem.v1.TandemService.DeleteAdapter:output_type -> tandem.v1.DeleteAdapterResponse
+	50, // 58: tandem.v1.TandemService.Tokenize:output_type -> tandem.v1.TokenizeResponse
+	52, // 59: tandem.v1.TandemService.Detokenize:output_type -> tandem.v1.DetokenizeResponse
+	48, // [48:60] is the sub-list for method output_type
+	36, // [36:48] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_tandem_v1_tandem_proto_init() }
@@ -3554,25 +4407,32 @@ func file_tandem_v1_tandem_proto_init() {
 	}
 	file_tandem_v1_tandem_proto_msgTypes[0].OneofWrappers = []any{}
 	file_tandem_v1_tandem_proto_msgTypes[1].OneofWrappers = []any{}
-	file_tandem_v1_tandem_proto_msgTypes[5].OneofWrappers = []any{
+	file_tandem_v1_tandem_proto_msgTypes[5].OneofWrappers = []any{}
+	file_tandem_v1_tandem_proto_msgTypes[6].OneofWrappers = []any{
 		(*LoadModelResponse_Progress)(nil),
 		(*LoadModelResponse_Model)(nil),
 	}
-	file_tandem_v1_tandem_proto_msgTypes[11].OneofWrappers = []any{
+	file_tandem_v1_tandem_proto_msgTypes[12].OneofWrappers = []any{
 		(*Prompt_Text)(nil),
 		(*Prompt_TokenIds)(nil),
 	}
-	file_tandem_v1_tandem_proto_msgTypes[12].OneofWrappers = []any{}
-	file_tandem_v1_tandem_proto_msgTypes[18].OneofWrappers = []any{}
+	file_tandem_v1_tandem_proto_msgTypes[13].OneofWrappers = []any{}
+	file_tandem_v1_tandem_proto_msgTypes[14].OneofWrappers = []any{}
 	file_tandem_v1_tandem_proto_msgTypes[19].OneofWrappers = []any{}
 	file_tandem_v1_tandem_proto_msgTypes[20].OneofWrappers = []any{}
+	file_tandem_v1_tandem_proto_msgTypes[21].OneofWrappers = []any{}
+	file_tandem_v1_tandem_proto_msgTypes[39].OneofWrappers = []any{
+		(*TokenizeInput_Text)(nil),
+		(*TokenizeInput_Chat)(nil),
+	}
+	file_tandem_v1_tandem_proto_msgTypes[40].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tandem_v1_tandem_proto_rawDesc), len(file_tandem_v1_tandem_proto_rawDesc)),
-			NumEnums:      6,
-			NumMessages:   36,
+			NumEnums:      7,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -43,6 +43,8 @@ const (
 	TandemService_LoadAdapter_FullMethodName     = "/tandem.v1.TandemService/LoadAdapter"
 	TandemService_ListAdapters_FullMethodName    = "/tandem.v1.TandemService/ListAdapters"
 	TandemService_DeleteAdapter_FullMethodName   = "/tandem.v1.TandemService/DeleteAdapter"
+	TandemService_Tokenize_FullMethodName        = "/tandem.v1.TandemService/Tokenize"
+	TandemService_Detokenize_FullMethodName      = "/tandem.v1.TandemService/Detokenize"
 )
 
 // TandemServiceClient is the client API for TandemService service.
@@ -50,9 +52,15 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // TandemService holds one 4-bit model: it samples from it and trains a LoRA
-// adapter on it. All model work runs in order on one device loop, so a
-// Generate that starts after a TrainStep has returned samples from the new
-// adapter.
+// adapter on it. Model work is ordered: a Generate that starts after a
+// TrainStep has returned samples from the new adapter, and every sample comes
+// from one adapter version.
+//
+// A server has a role (flag --role): "both" (default) trains and samples;
+// "trainer" trains, samples for evaluation and publishes adapter versions to
+// an adapter store; "sampler" serves Generate with the newest published
+// version and refuses TrainStep, LoadAdapter and SaveAdapter with
+// FAILED_PRECONDITION naming the trainer.
 type TandemServiceClient interface {
 	// LoadModel loads the base model in 4 bits, attaches a fresh LoRA adapter
 	// and an AdamW optimizer, and starts the sampling engine. It streams
@@ -83,6 +91,11 @@ type TandemServiceClient interface {
 	ListAdapters(ctx context.Context, in *ListAdaptersRequest, opts ...grpc.CallOption) (*ListAdaptersResponse, error)
 	// DeleteAdapter removes a saved checkpoint.
 	DeleteAdapter(ctx context.Context, in *DeleteAdapterRequest, opts ...grpc.CallOption) (*DeleteAdapterResponse, error)
+	// Tokenize turns texts or chat conversations into the loaded model's token
+	// ids, with the tokenizer the engine uses.
+	Tokenize(ctx context.Context, in *TokenizeRequest, opts ...grpc.CallOption) (*TokenizeResponse, error)
+	// Detokenize turns lists of token ids back into text.
+	Detokenize(ctx context.Context, in *DetokenizeRequest, opts ...grpc.CallOption) (*DetokenizeResponse, error)
 }
 
 type tandemServiceClient struct {
@@ -211,14 +224,40 @@ func (c *tandemServiceClient) DeleteAdapter(ctx context.Context, in *DeleteAdapt
 	return out, nil
 }
 
+func (c *tandemServiceClient) Tokenize(ctx context.Context, in *TokenizeRequest, opts ...grpc.CallOption) (*TokenizeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TokenizeResponse)
+	err := c.cc.Invoke(ctx, TandemService_Tokenize_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tandemServiceClient) Detokenize(ctx context.Context, in *DetokenizeRequest, opts ...grpc.CallOption) (*DetokenizeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DetokenizeResponse)
+	err := c.cc.Invoke(ctx, TandemService_Detokenize_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TandemServiceServer is the server API for TandemService service.
 // All implementations must embed UnimplementedTandemServiceServer
 // for forward compatibility.
 //
 // TandemService holds one 4-bit model: it samples from it and trains a LoRA
-// adapter on it. All model work runs in order on one device loop, so a
-// Generate that starts after a TrainStep has returned samples from the new
-// adapter.
+// adapter on it. Model work is ordered: a Generate that starts after a
+// TrainStep has returned samples from the new adapter, and every sample comes
+// from one adapter version.
+//
+// A server has a role (flag --role): "both" (default) trains and samples;
+// "trainer" trains, samples for evaluation and publishes adapter versions to
+// an adapter store; "sampler" serves Generate with the newest published
+// version and refuses TrainStep, LoadAdapter and SaveAdapter with
+// FAILED_PRECONDITION naming the trainer.
 type TandemServiceServer interface {
 	// LoadModel loads the base model in 4 bits, attaches a fresh LoRA adapter
 	// and an AdamW optimizer, and starts the sampling engine. It streams
@@ -249,6 +288,11 @@ type TandemServiceServer interface {
 	ListAdapters(context.Context, *ListAdaptersRequest) (*ListAdaptersResponse, error)
 	// DeleteAdapter removes a saved checkpoint.
 	DeleteAdapter(context.Context, *DeleteAdapterRequest) (*DeleteAdapterResponse, error)
+	// Tokenize turns texts or chat conversations into the loaded model's token
+	// ids, with the tokenizer the engine uses.
+	Tokenize(context.Context, *TokenizeRequest) (*TokenizeResponse, error)
+	// Detokenize turns lists of token ids back into text.
+	Detokenize(context.Context, *DetokenizeRequest) (*DetokenizeResponse, error)
 	mustEmbedUnimplementedTandemServiceServer()
 }
 
@@ -288,6 +332,12 @@ func (UnimplementedTandemServiceServer) ListAdapters(context.Context, *ListAdapt
 }
 func (UnimplementedTandemServiceServer) DeleteAdapter(context.Context, *DeleteAdapterRequest) (*DeleteAdapterResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DeleteAdapter not implemented")
+}
+func (UnimplementedTandemServiceServer) Tokenize(context.Context, *TokenizeRequest) (*TokenizeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Tokenize not implemented")
+}
+func (UnimplementedTandemServiceServer) Detokenize(context.Context, *DetokenizeRequest) (*DetokenizeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Detokenize not implemented")
 }
 func (UnimplementedTandemServiceServer) mustEmbedUnimplementedTandemServiceServer() {}
 func (UnimplementedTandemServiceServer) testEmbeddedByValue()                       {}
@@ -476,6 +526,42 @@ func _TandemService_DeleteAdapter_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TandemService_Tokenize_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TokenizeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TandemServiceServer).Tokenize(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TandemService_Tokenize_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TandemServiceServer).Tokenize(ctx, req.(*TokenizeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TandemService_Detokenize_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DetokenizeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TandemServiceServer).Detokenize(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TandemService_Detokenize_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TandemServiceServer).Detokenize(ctx, req.(*DetokenizeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TandemService_ServiceDesc is the grpc.ServiceDesc for TandemService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -514,6 +600,14 @@ var TandemService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteAdapter",
 			Handler:    _TandemService_DeleteAdapter_Handler,
+		},
+		{
+			MethodName: "Tokenize",
+			Handler:    _TandemService_Tokenize_Handler,
+		},
+		{
+			MethodName: "Detokenize",
+			Handler:    _TandemService_Detokenize_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

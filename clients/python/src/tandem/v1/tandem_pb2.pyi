@@ -7,6 +7,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ServerRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SERVER_ROLE_UNSPECIFIED: _ClassVar[ServerRole]
+    SERVER_ROLE_BOTH: _ClassVar[ServerRole]
+    SERVER_ROLE_TRAINER: _ClassVar[ServerRole]
+    SERVER_ROLE_SAMPLER: _ClassVar[ServerRole]
+
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     D_TYPE_UNSPECIFIED: _ClassVar[DType]
@@ -50,6 +57,10 @@ class StepOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STEP_OUTCOME_APPLIED: _ClassVar[StepOutcome]
     STEP_OUTCOME_ACCUMULATED: _ClassVar[StepOutcome]
     STEP_OUTCOME_SKIPPED_NONFINITE: _ClassVar[StepOutcome]
+SERVER_ROLE_UNSPECIFIED: ServerRole
+SERVER_ROLE_BOTH: ServerRole
+SERVER_ROLE_TRAINER: ServerRole
+SERVER_ROLE_SAMPLER: ServerRole
 D_TYPE_UNSPECIFIED: DType
 D_TYPE_FLOAT32: DType
 D_TYPE_FLOAT16: DType
@@ -90,7 +101,7 @@ class LoraConfig(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., alpha: _Optional[float] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
-    __slots__ = ("model_name", "max_seq_length", "dtype", "load_in_4bit", "fast_inference", "gpu_memory_utilization", "max_lora_rank", "float8_kv_cache", "disable_log_stats", "random_state", "lora", "gradient_checkpointing", "standby", "max_loras")
+    __slots__ = ("model_name", "max_seq_length", "dtype", "load_in_4bit", "fast_inference", "gpu_memory_utilization", "max_lora_rank", "float8_kv_cache", "disable_log_stats", "random_state", "lora", "gradient_checkpointing", "standby", "max_loras", "publish_every_steps")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQ_LENGTH_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +116,7 @@ class LoadModelRequest(_message.Message):
     GRADIENT_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
     STANDBY_FIELD_NUMBER: _ClassVar[int]
     MAX_LORAS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     max_seq_length: int
     dtype: DType
@@ -119,7 +131,8 @@ class LoadModelRequest(_message.Message):
     gradient_checkpointing: bool
     standby: bool
     max_loras: int
-    def __init__(self, model_name: _Optional[str] = ..., max_seq_length: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., load_in_4bit: _Optional[bool] = ..., fast_inference: _Optional[bool] = ..., gpu_memory_utilization: _Optional[float] = ..., max_lora_rank: _Optional[int] = ..., float8_kv_cache: _Optional[bool] = ..., disable_log_stats: _Optional[bool] = ..., random_state: _Optional[int] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., gradient_checkpointing: _Optional[bool] = ..., standby: _Optional[bool] = ..., max_loras: _Optional[int] = ...) -> None: ...
+    publish_every_steps: int
+    def __init__(self, model_name: _Optional[str] = ..., max_seq_length: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., load_in_4bit: _Optional[bool] = ..., fast_inference: _Optional[bool] = ..., gpu_memory_utilization: _Optional[float] = ..., max_lora_rank: _Optional[int] = ..., float8_kv_cache: _Optional[bool] = ..., disable_log_stats: _Optional[bool] = ..., random_state: _Optional[int] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., gradient_checkpointing: _Optional[bool] = ..., standby: _Optional[bool] = ..., max_loras: _Optional[int] = ..., publish_every_steps: _Optional[int] = ...) -> None: ...
 
 class LoadProgress(_message.Message):
     __slots__ = ("phase", "message", "done", "total", "unit", "elapsed_seconds")
@@ -160,7 +173,7 @@ class MemoryUsage(_message.Message):
     def __init__(self, base_weights_bytes: _Optional[int] = ..., adapter_bytes: _Optional[int] = ..., optimizer_bytes: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., device_allocated_bytes: _Optional[int] = ..., device_reserved_bytes: _Optional[int] = ..., device_total_bytes: _Optional[int] = ..., process_rss_bytes: _Optional[int] = ..., base_weight_copies: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_name", "engine", "max_seq_length", "dtype", "load_in_4bit", "vocab_size", "eos_token_ids", "lora", "max_lora_rank", "gradient_checkpointing", "adapter_version", "step", "accumulated_micro_batches", "device", "memory", "load_seconds", "random_state", "standby")
+    __slots__ = ("model_name", "engine", "max_seq_length", "dtype", "load_in_4bit", "vocab_size", "eos_token_ids", "lora", "max_lora_rank", "gradient_checkpointing", "adapter_version", "step", "accumulated_micro_batches", "device", "memory", "load_seconds", "random_state", "standby", "special_tokens", "published_adapter_version")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     MAX_SEQ_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +192,8 @@ class ModelInfo(_message.Message):
     LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RANDOM_STATE_FIELD_NUMBER: _ClassVar[int]
     STANDBY_FIELD_NUMBER: _ClassVar[int]
+    SPECIAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     engine: EngineKind
     max_seq_length: int
@@ -197,7 +212,25 @@ class ModelInfo(_message.Message):
     load_seconds: float
     random_state: int
     standby: bool
-    def __init__(self, model_name: _Optional[str] = ..., engine: _Optional[_Union[EngineKind, str]] = ..., max_seq_length: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., load_in_4bit: _Optional[bool] = ..., vocab_size: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., max_lora_rank: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., adapter_version: _Optional[int] = ..., step: _Optional[int] = ..., accumulated_micro_batches: _Optional[int] = ..., device: _Optional[str] = ..., memory: _Optional[_Union[MemoryUsage, _Mapping]] = ..., load_seconds: _Optional[float] = ..., random_state: _Optional[int] = ..., standby: _Optional[bool] = ...) -> None: ...
+    special_tokens: SpecialTokens
+    published_adapter_version: int
+    def __init__(self, model_name: _Optional[str] = ..., engine: _Optional[_Union[EngineKind, str]] = ..., max_seq_length: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., load_in_4bit: _Optional[bool] = ..., vocab_size: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., max_lora_rank: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., adapter_version: _Optional[int] = ..., step: _Optional[int] = ..., accumulated_micro_batches: _Optional[int] = ..., device: _Optional[str] = ..., memory: _Optional[_Union[MemoryUsage, _Mapping]] = ..., load_seconds: _Optional[float] = ..., random_state: _Optional[int] = ..., standby: _Optional[bool] = ..., special_tokens: _Optional[_Union[SpecialTokens, _Mapping]] = ..., published_adapter_version: _Optional[int] = ...) -> None: ...
+
+class SpecialTokens(_message.Message):
+    __slots__ = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "all_special_ids", "has_chat_template")
+    BOS_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    EOS_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    PAD_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    UNK_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    ALL_SPECIAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    HAS_CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    bos_token_id: int
+    eos_token_id: int
+    pad_token_id: int
+    unk_token_id: int
+    all_special_ids: _containers.RepeatedScalarFieldContainer[int]
+    has_chat_template: bool
+    def __init__(self, bos_token_id: _Optional[int] = ..., eos_token_id: _Optional[int] = ..., pad_token_id: _Optional[int] = ..., unk_token_id: _Optional[int] = ..., all_special_ids: _Optional[_Iterable[int]] = ..., has_chat_template: _Optional[bool] = ...) -> None: ...
 
 class LoadModelResponse(_message.Message):
     __slots__ = ("progress", "model")
@@ -222,12 +255,16 @@ class GetModelRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelResponse(_message.Message):
-    __slots__ = ("loaded", "model")
+    __slots__ = ("loaded", "model", "role", "trainer_address")
     LOADED_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TRAINER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     loaded: bool
     model: ModelInfo
-    def __init__(self, loaded: _Optional[bool] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
+    role: ServerRole
+    trainer_address: str
+    def __init__(self, loaded: _Optional[bool] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., role: _Optional[_Union[ServerRole, str]] = ..., trainer_address: _Optional[str] = ...) -> None: ...
 
 class TokenIds(_message.Message):
     __slots__ = ("ids",)
@@ -270,14 +307,18 @@ class SamplingParams(_message.Message):
     def __init__(self, n: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., seed: _Optional[int] = ..., logprobs: _Optional[int] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompts", "sampling", "adapter")
+    __slots__ = ("prompts", "sampling", "adapter", "token_ids_only", "min_adapter_version")
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    MIN_ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     prompts: _containers.RepeatedCompositeFieldContainer[Prompt]
     sampling: SamplingParams
     adapter: str
-    def __init__(self, prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., adapter: _Optional[str] = ...) -> None: ...
+    token_ids_only: bool
+    min_adapter_version: int
+    def __init__(self, prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., adapter: _Optional[str] = ..., token_ids_only: _Optional[bool] = ..., min_adapter_version: _Optional[int] = ...) -> None: ...
 
 class TopLogprob(_message.Message):
     __slots__ = ("token_id", "logprob")
@@ -512,3 +553,75 @@ class DeleteAdapterRequest(_message.Message):
 class DeleteAdapterResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class Chat(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
+
+class TokenizeInput(_message.Message):
+    __slots__ = ("text", "chat")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    CHAT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    chat: Chat
+    def __init__(self, text: _Optional[str] = ..., chat: _Optional[_Union[Chat, _Mapping]] = ...) -> None: ...
+
+class TokenizeRequest(_message.Message):
+    __slots__ = ("inputs", "add_special_tokens", "add_generation_prompt", "return_offsets")
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    ADD_SPECIAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ADD_GENERATION_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    RETURN_OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    inputs: _containers.RepeatedCompositeFieldContainer[TokenizeInput]
+    add_special_tokens: bool
+    add_generation_prompt: bool
+    return_offsets: bool
+    def __init__(self, inputs: _Optional[_Iterable[_Union[TokenizeInput, _Mapping]]] = ..., add_special_tokens: _Optional[bool] = ..., add_generation_prompt: _Optional[bool] = ..., return_offsets: _Optional[bool] = ...) -> None: ...
+
+class TextSpan(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
+class TokenizedInput(_message.Message):
+    __slots__ = ("ids", "offsets", "rendered_text")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    RENDERED_TEXT_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    offsets: _containers.RepeatedCompositeFieldContainer[TextSpan]
+    rendered_text: str
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., offsets: _Optional[_Iterable[_Union[TextSpan, _Mapping]]] = ..., rendered_text: _Optional[str] = ...) -> None: ...
+
+class TokenizeResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[TokenizedInput]
+    def __init__(self, results: _Optional[_Iterable[_Union[TokenizedInput, _Mapping]]] = ...) -> None: ...
+
+class DetokenizeRequest(_message.Message):
+    __slots__ = ("sequences", "skip_special_tokens")
+    SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    SKIP_SPECIAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    sequences: _containers.RepeatedCompositeFieldContainer[TokenIds]
+    skip_special_tokens: bool
+    def __init__(self, sequences: _Optional[_Iterable[_Union[TokenIds, _Mapping]]] = ..., skip_special_tokens: _Optional[bool] = ...) -> None: ...
+
+class DetokenizeResponse(_message.Message):
+    __slots__ = ("texts",)
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ...) -> None: ...

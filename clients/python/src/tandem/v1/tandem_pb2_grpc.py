@@ -27,9 +27,15 @@ if _version_not_supported:
 
 class TandemServiceStub:
     """TandemService holds one 4-bit model: it samples from it and trains a LoRA
-    adapter on it. All model work runs in order on one device loop, so a
-    Generate that starts after a TrainStep has returned samples from the new
-    adapter.
+    adapter on it. Model work is ordered: a Generate that starts after a
+    TrainStep has returned samples from the new adapter, and every sample comes
+    from one adapter version.
+
+    A server has a role (flag --role): "both" (default) trains and samples;
+    "trainer" trains, samples for evaluation and publishes adapter versions to
+    an adapter store; "sampler" serves Generate with the newest published
+    version and refuses TrainStep, LoadAdapter and SaveAdapter with
+    FAILED_PRECONDITION naming the trainer.
     """
 
     def __init__(self, channel):
@@ -88,13 +94,29 @@ class TandemServiceStub:
                 request_serializer=tandem_dot_v1_dot_tandem__pb2.DeleteAdapterRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_tandem__pb2.DeleteAdapterResponse.FromString,
                 _registered_method=True)
+        self.Tokenize = channel.unary_unary(
+                '/tandem.v1.TandemService/Tokenize',
+                request_serializer=tandem_dot_v1_dot_tandem__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_tandem__pb2.TokenizeResponse.FromString,
+                _registered_method=True)
+        self.Detokenize = channel.unary_unary(
+                '/tandem.v1.TandemService/Detokenize',
+                request_serializer=tandem_dot_v1_dot_tandem__pb2.DetokenizeRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_tandem__pb2.DetokenizeResponse.FromString,
+                _registered_method=True)
 
 
 class TandemServiceServicer:
     """TandemService holds one 4-bit model: it samples from it and trains a LoRA
-    adapter on it. All model work runs in order on one device loop, so a
-    Generate that starts after a TrainStep has returned samples from the new
-    adapter.
+    adapter on it. Model work is ordered: a Generate that starts after a
+    TrainStep has returned samples from the new adapter, and every sample comes
+    from one adapter version.
+
+    A server has a role (flag --role): "both" (default) trains and samples;
+    "trainer" trains, samples for evaluation and publishes adapter versions to
+    an adapter store; "sampler" serves Generate with the newest published
+    version and refuses TrainStep, LoadAdapter and SaveAdapter with
+    FAILED_PRECONDITION naming the trainer.
     """
 
     def LoadModel(self, request, context):
@@ -176,6 +198,21 @@ class TandemServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tokenize(self, request, context):
+        """Tokenize turns texts or chat conversations into the loaded model's token
+        ids, with the tokenizer the engine uses.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detokenize(self, request, context):
+        """Detokenize turns lists of token ids back into text.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TandemServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -229,6 +266,16 @@ def add_TandemServiceServicer_to_server(servicer, server):
                     request_deserializer=tandem_dot_v1_dot_tandem__pb2.DeleteAdapterRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_tandem__pb2.DeleteAdapterResponse.SerializeToString,
             ),
+            'Tokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=tandem_dot_v1_dot_tandem__pb2.TokenizeRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_tandem__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'Detokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detokenize,
+                    request_deserializer=tandem_dot_v1_dot_tandem__pb2.DetokenizeRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_tandem__pb2.DetokenizeResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'tandem.v1.TandemService', rpc_method_handlers)
@@ -239,9 +286,15 @@ def add_TandemServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class TandemService:
     """TandemService holds one 4-bit model: it samples from it and trains a LoRA
-    adapter on it. All model work runs in order on one device loop, so a
-    Generate that starts after a TrainStep has returned samples from the new
-    adapter.
+    adapter on it. Model work is ordered: a Generate that starts after a
+    TrainStep has returned samples from the new adapter, and every sample comes
+    from one adapter version.
+
+    A server has a role (flag --role): "both" (default) trains and samples;
+    "trainer" trains, samples for evaluation and publishes adapter versions to
+    an adapter store; "sampler" serves Generate with the newest published
+    version and refuses TrainStep, LoadAdapter and SaveAdapter with
+    FAILED_PRECONDITION naming the trainer.
     """
 
     @staticmethod
@@ -504,6 +557,60 @@ class TandemService:
             '/tandem.v1.TandemService/DeleteAdapter',
             tandem_dot_v1_dot_tandem__pb2.DeleteAdapterRequest.SerializeToString,
             tandem_dot_v1_dot_tandem__pb2.DeleteAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.TandemService/Tokenize',
+            tandem_dot_v1_dot_tandem__pb2.TokenizeRequest.SerializeToString,
+            tandem_dot_v1_dot_tandem__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.TandemService/Detokenize',
+            tandem_dot_v1_dot_tandem__pb2.DetokenizeRequest.SerializeToString,
+            tandem_dot_v1_dot_tandem__pb2.DetokenizeResponse.FromString,
             options,
             channel_credentials,
             insecure,
