@@ -95,8 +95,8 @@ def sampling_spec(message: pb.SamplingParams) -> specs.SamplingSpec:
     )
 
 
-def generate_spec(request: pb.GenerateRequest) -> specs.GenerateSpec:
-    """GenerateRequest -> GenerateSpec."""
+def generate_spec(request: pb.GenerateRequest, time_remaining: float | None = None) -> specs.GenerateSpec:
+    """GenerateRequest (and the seconds left before its deadline) -> GenerateSpec."""
     prompts = []
     for prompt in request.prompts:
         kind = prompt.WhichOneof("input")
@@ -106,7 +106,14 @@ def generate_spec(request: pb.GenerateRequest) -> specs.GenerateSpec:
                 token_ids=tuple(prompt.token_ids.ids) if kind == "token_ids" else None,
             )
         )
-    return specs.GenerateSpec(prompts=tuple(prompts), sampling=sampling_spec(request.sampling), adapter=request.adapter)
+    return specs.GenerateSpec(
+        prompts=tuple(prompts),
+        sampling=sampling_spec(request.sampling),
+        adapter=request.adapter,
+        token_ids_only=request.token_ids_only,
+        min_adapter_version=request.min_adapter_version if request.HasField("min_adapter_version") else None,
+        time_remaining=time_remaining,
+    )
 
 
 def train_spec(request: pb.TrainStepRequest) -> specs.TrainSpec:

@@ -42,7 +42,7 @@ class TandemServicer(tandem_pb2_grpc.TandemServiceServicer):
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
         """Stream samples as the engine produces them."""
-        async with aclosing(self._controller.generate(convert.generate_spec(request))) as chunks:
+        async with aclosing(self._controller.generate(convert.generate_spec(request, context.time_remaining()))) as chunks:
             async for chunk in chunks:
                 yield convert.sample_chunk(chunk)
 

@@ -93,6 +93,12 @@ class GenerateSpec:
     prompts: tuple[PromptSpec, ...]
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
     adapter: str = ""
+    token_ids_only: bool = False
+    """Return token ids (and logprobs) only: nothing is detokenized."""
+    min_adapter_version: int | None = None
+    """Sample only from this adapter version or a newer one (None: any)."""
+    time_remaining: float | None = None
+    """Seconds until the call's deadline (None: no deadline); bounds waiting for ``min_adapter_version``."""
 
 
 class FinishReason(enum.Enum):
