@@ -6,6 +6,7 @@ called while the flags are parsed.
 
 from __future__ import annotations
 
+import enum
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,17 @@ class TlsConfig:
     client_ca_file: Path | None = None
 
 
+class Role(enum.Enum):
+    """Which part of the train/sample loop a server plays (``--role``)."""
+
+    BOTH = "both"
+    """Trains and samples: one process, one GPU."""
+    TRAINER = "trainer"
+    """Trains, samples for evaluation, publishes adapter versions to the adapter store."""
+    SAMPLER = "sampler"
+    """Samples with the newest published adapter version; refuses TrainStep, SaveAdapter and LoadAdapter."""
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything the server needs, fixed at start-up."""
@@ -76,6 +88,13 @@ class ServerConfig:
     """Serve gRPC server reflection (what grpcurl uses to learn the API)."""
     health_port: int | None = None
     """A second, plaintext port serving only grpc.health.v1, for probes that cannot do TLS or tokens; None = off."""
+    role: Role = Role.BOTH
+    adapter_store: Path | None = None
+    """Directory where a trainer publishes adapter versions and samplers read them (a ReadWriteMany volume)."""
+    trainer_address: str | None = None
+    """Sampler only: where TrainStep goes, named in its refusals and in GetModel."""
+    max_adapter_wait_seconds: float = 30.0
+    """Longest a Generate with min_adapter_version waits for that version when the call has no deadline."""
     torch_threads: int | None = None
     """CPU threads torch uses inside one operation; None = torch's default (one per core). On CPUs shared
     with other busy processes, fewer threads avoid OpenMP stalls (see BENCHMARKS.md, Soak)."""
