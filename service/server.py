@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry, start_http_server
 from tandem.v1 import tandem_pb2, tandem_pb2_grpc
 
@@ -23,13 +22,13 @@ from service.auth import BearerTokenInterceptor
 from service.config import ServerConfig, TlsConfig
 from service.interceptors import CallGate, ErrorsAndMetricsInterceptor
 from service.metrics import Metrics
+from service.reflection import add_reflection
 from service.runtime.controller import Controller
 from service.runtime.specs import LoadSpec, ModelDescription
 from service.servicer import TandemServicer
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = tandem_pb2.DESCRIPTOR.services_by_name["TandemService"].full_name
-REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 @dataclass
@@ -58,24 +57,6 @@ class RunningServer:
             await self.health_server.stop(0)
         await asyncio.to_thread(self.controller.stop)
         self.metrics_http.shutdown()
-
-
-def _add_reflection(server: grpc.aio.Server) -> None:
-    """Reflection v1alpha, and v1 on the same servicer (the two protocols differ only in package name)."""
-    names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)
-    reflection.enable_server_reflection(names, server)
-    servicer = reflection.aio.ReflectionServicer(names)
-    v1_handler = grpc.method_handlers_generic_handler(
-        REFLECTION_V1,
-        {
-            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
-                servicer.ServerReflectionInfo,
-                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
-            )
-        },
-    )
-    server.add_generic_rpc_handlers((v1_handler,))
 
 
 def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
@@ -116,7 +97,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
-        _add_reflection(server)
+        add_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
     address = f"{config.host}:{config.port}"
     port = server.add_insecure_port(address) if config.tls is None else server.add_secure_port(address, server_credentials(config.tls))
     metrics_http, _ = start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
