@@ -19,12 +19,14 @@ from prometheus_client import CollectorRegistry, start_http_server
 from tandem.v1 import tandem_pb2, tandem_pb2_grpc
 
 from service.auth import BearerTokenInterceptor
-from service.config import ServerConfig, TlsConfig
+from service.config import Role, ServerConfig, TlsConfig
 from service.interceptors import CallGate, ErrorsAndMetricsInterceptor
 from service.metrics import Metrics
 from service.reflection import add_reflection
+from service.runtime.adapter_publishing import AdapterFollower, AdapterPublisher
+from service.runtime.adapter_store import AdapterStore
 from service.runtime.controller import Controller
-from service.runtime.specs import LoadSpec, ModelDescription
+from service.runtime.specs import LoadSpec, ModelDescription, RoleDescription
 from service.servicer import TandemServicer
 
 log = logging.getLogger(__name__)
@@ -43,11 +45,19 @@ class RunningServer:
     metrics_http: object
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
+    publisher: AdapterPublisher | None = None
+    follower: AdapterFollower | None = None
 
     async def set_ready(self) -> None:
-        """Readiness follows whether a model is loaded."""
-        status = health_pb2.HealthCheckResponse.SERVING if self.controller.loaded else health_pb2.HealthCheckResponse.NOT_SERVING
-        await self.health.set(SERVICE_NAME, status)
+        """Readiness follows whether a model is loaded (sampler role: and serves the newest published adapter)."""
+        ready = self.controller.loaded and (self.follower is None or self.follower.caught_up)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def model_changed(self) -> None:
+        """After a load or unload: a sampler catches up with the store first, then readiness follows."""
+        if self.follower is not None:
+            await self.follower.model_changed()
+        await self.set_ready()
 
     async def shutdown(self, grace_seconds: float) -> None:
         """Stop serving, drain within the grace period, release the model."""
@@ -55,7 +65,11 @@ class RunningServer:
         await self.server.stop(grace_seconds)
         if self.health_server is not None:
             await self.health_server.stop(0)
-        await asyncio.to_thread(self.controller.stop)
+        if self.follower is not None:
+            await self.follower.stop()
+        if self.publisher is not None:
+            await self.publisher.stop()  # before the controller: the last publish snapshots through it
+        await self.controller.stop()
         self.metrics_http.shutdown()
 
 
@@ -93,7 +107,14 @@ async def start_server(config: ServerConfig) -> RunningServer:
             ("grpc.max_send_message_length", limits.max_message_bytes),
         ],
     )
-    tandem_pb2_grpc.add_TandemServiceServicer_to_server(TandemServicer(controller), server)
+    publisher, follower = _adapter_publishing(config, controller, metrics)
+
+    def describe_role() -> RoleDescription:
+        published = publisher or follower
+        trainer_address = (config.trainer_address or "") if config.role is Role.SAMPLER else ""
+        return RoleDescription(config.role, trainer_address, 0 if published is None else published.published_version)
+
+    tandem_pb2_grpc.add_TandemServiceServicer_to_server(TandemServicer(controller, describe_role), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
@@ -102,13 +123,27 @@ async def start_server(config: ServerConfig) -> RunningServer:
     port = server.add_insecure_port(address) if config.tls is None else server.add_secure_port(address, server_credentials(config.tls))
     metrics_http, _ = start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
     await server.start()
-    running = RunningServer(server, controller, health_servicer, port, metrics_http.server_port, metrics_http)
+    running = RunningServer(server, controller, health_servicer, port, metrics_http.server_port, metrics_http, publisher=publisher, follower=follower)
     if config.health_port is not None:
         running.health_server, running.health_port = await _start_health_server(config, health_servicer)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await running.set_ready()
-    controller.on_model_change(running.set_ready)
+    controller.on_model_change(running.model_changed)
+    if publisher is not None:
+        await publisher.start()
+    if follower is not None:
+        follower.start(on_caught_up=running.set_ready)
     return running
+
+
+def _adapter_publishing(config: ServerConfig, controller: Controller, metrics: Metrics) -> tuple[AdapterPublisher | None, AdapterFollower | None]:
+    """A trainer publishes to the adapter store, a sampler follows it; a server of both roles has no store."""
+    if config.adapter_store is None or config.role is Role.BOTH:
+        return None, None
+    store = AdapterStore(config.adapter_store)
+    if config.role is Role.TRAINER:
+        return AdapterPublisher(controller, store, metrics), None
+    return None, AdapterFollower(controller, store, metrics)
 
 
 async def load_startup_model(running: RunningServer, model_name: str) -> None:

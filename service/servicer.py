@@ -6,7 +6,7 @@ server's error interceptor.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 
 import grpc
@@ -15,13 +15,15 @@ from tandem.v1 import tandem_pb2_grpc
 
 from service import convert
 from service.runtime.controller import Controller
+from service.runtime.specs import RoleDescription
 
 
 class TandemServicer(tandem_pb2_grpc.TandemServiceServicer):
     """The gRPC face of the controller."""
 
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: Controller, describe_role: Callable[[], RoleDescription]) -> None:
         self._controller = controller
+        self._describe_role = describe_role
 
     async def LoadModel(self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LoadModelResponse]:
         """Load a model; stream progress, then the loaded model."""
@@ -34,11 +36,8 @@ class TandemServicer(tandem_pb2_grpc.TandemServiceServicer):
         return pb.UnloadModelResponse(unloaded=await self._controller.unload_model())
 
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.GetModelResponse:
-        """Describe what is loaded."""
-        description = self._controller.describe()
-        if description is None:
-            return pb.GetModelResponse(loaded=False)
-        return pb.GetModelResponse(loaded=True, model=convert.model_info(description))
+        """Describe what is loaded, and this server's role."""
+        return convert.get_model_response(await self._controller.describe(), self._describe_role())
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateResponse]:
         """Stream samples as the engine produces them."""
@@ -73,3 +72,11 @@ class TandemServicer(tandem_pb2_grpc.TandemServiceServicer):
         """Delete a saved checkpoint."""
         await self._controller.delete_adapter(request.name)
         return pb.DeleteAdapterResponse()
+
+    async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+        """Token ids (and offsets) of texts or chat conversations, with the loaded model's tokenizer."""
+        return convert.tokenize_response(await self._controller.tokenize(convert.tokenize_spec(request)))
+
+    async def Detokenize(self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext) -> pb.DetokenizeResponse:
+        """Text of token id lists, with the loaded model's tokenizer."""
+        return pb.DetokenizeResponse(texts=await self._controller.detokenize(convert.detokenize_spec(request)))

@@ -1,15 +1,15 @@
 """Saved adapters held ready to use: loaded on first use, a bounded number at once, least recently used evicted.
 
 Each loaded model has two sets of slots, each bounded by LoadModel's
-``max_loras``: the engine's (Generate from a saved adapter, through
-``engine.add_adapter``) and the trainer's PEFT model's (ComputeLogprobs with a
-saved adapter). A checkpoint is read from disk when it is first used, not at
+``max_loras``: the engine's (Generate from a saved adapter; held by the model
+host, see ``host.py``) and the trainer's PEFT model's (ComputeLogprobs with a
+saved adapter; held by the LoadedModel, wherever it lives). A checkpoint is read from disk when it is first used, not at
 SaveAdapter. The trained adapter ("") and the base need no slot.
 
 A Generate pins its adapter from before the adapter is loaded until its last
 sample ends, so a pinned adapter is never evicted, and SaveAdapter(overwrite)
 or DeleteAdapter of it is refused until the samples finish. ``pin`` and
-``unpin`` run on the event loop; everything else on the device thread.
+``unpin`` run on the event loop; everything else where the slots' adapters are loaded.
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import FailedPrecondition, ResourceExhausted
 from service.runtime.checkpoints import CheckpointStore
-from service.runtime.engines.base import Engine
 from service.runtime.specs import AdapterCheckpoint
 
 
@@ -99,29 +97,13 @@ class AdapterSlots:
         self._unload(victim)
 
 
-@dataclass
-class SavedAdapters:
-    """A loaded model's two sets of slots: the engine's (sampling) and the trainer's PEFT model's (scoring)."""
+def scorer_slots(peft_model, capacity: int) -> AdapterSlots:
+    """Slots in the trainer's PEFT model, where saved adapters load frozen beside the trained one (ComputeLogprobs)."""
 
-    engine: AdapterSlots
-    scorer: AdapterSlots
+    def load_for_scoring(name: str, directory: Path) -> None:
+        peft_model.load_adapter(str(directory), adapter_name=peft_adapter_name("scorer", name), is_trainable=False)
 
-    @classmethod
-    def for_model(cls, peft_model, engine: Engine, capacity: int) -> SavedAdapters:
-        """Slots for ``engine`` and for ``peft_model`` (where saved adapters load frozen beside the trained one)."""
+    def unload_from_scoring(name: str) -> None:
+        peft_model.delete_adapter(peft_adapter_name("scorer", name))
 
-        def load_for_scoring(name: str, directory: Path) -> None:
-            peft_model.load_adapter(str(directory), adapter_name=peft_adapter_name("scorer", name), is_trainable=False)
-
-        def unload_from_scoring(name: str) -> None:
-            peft_model.delete_adapter(peft_adapter_name("scorer", name))
-
-        return cls(
-            engine=AdapterSlots(capacity, engine.add_adapter, engine.remove_adapter),
-            scorer=AdapterSlots(capacity, load_for_scoring, unload_from_scoring),
-        )
-
-    def forget(self, name: str) -> None:
-        """Unload ``name`` everywhere (before its checkpoint changes); FAILED_PRECONDITION while samples use it."""
-        self.engine.forget(name)
-        self.scorer.forget(name)
+    return AdapterSlots(capacity, load_for_scoring, unload_from_scoring)

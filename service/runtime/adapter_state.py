@@ -1,6 +1,6 @@
 """The trained adapter's state as checkpoint contents, and back (SaveAdapter / LoadAdapter).
 
-Runs on the device thread. A checkpoint holds everything a TrainStep's result
+Runs where the model lives (see model_ops.py). A checkpoint holds everything a TrainStep's result
 depends on besides the base weights and the batch: the LoRA weights (bit-exact
 through safetensors), the AdamW moments and step counts, the gradient of
 micro-batches accumulated but not yet applied, and the random number state
@@ -57,17 +57,9 @@ def restore(loaded: LoadedModel, contents: CheckpointContents) -> None:
     so samples taken before and after the load never share a version.
     """
     metadata, training = contents.metadata, contents.training_state
-    _check_compatible(loaded, metadata)
-    parameters = _peft_keyed_parameters(loaded)
-    if set(parameters) != set(contents.lora_weights) or training["parameter_names"] != _trainable_names(loaded):
-        raise FailedPrecondition(f"adapter checkpoint {metadata.name!r} does not hold this model's LoRA parameters: it was saved from another model setup")
-    for key, parameter in parameters.items():
-        if contents.lora_weights[key].shape != parameter.shape:
-            raise FailedPrecondition(f"adapter checkpoint {metadata.name!r}: {key} has shape {tuple(contents.lora_weights[key].shape)}, this model {tuple(parameter.shape)}")
+    parameters = _checked_parameters(loaded, contents)
     loaded.optimizer.load_state_dict(training["optimizer"])  # validates group sizes before it changes anything
-    with torch.no_grad():
-        for key, parameter in parameters.items():
-            parameter.copy_(contents.lora_weights[key])
+    _copy_weights(parameters, contents)
     state = loaded.state
     accumulated = training["accumulated"]
     state.accumulated = None if accumulated is None else [g.to(device=p.device, dtype=p.dtype) for g, p in zip(accumulated, loaded.trainable)]
@@ -77,6 +69,37 @@ def restore(loaded: LoadedModel, contents: CheckpointContents) -> None:
         torch.cuda.set_rng_state(training["rng_cuda"], loaded.device)
     state.step = metadata.step
     state.adapter_version = max(state.adapter_version, metadata.adapter_version) + 1
+
+
+def restore_weights(loaded: LoadedModel, contents: CheckpointContents) -> None:
+    """Serve a published adapter (sampler role): its LoRA weights, step and version; the optimizer is not touched.
+
+    The version is the publisher's, so every replica reports the same number for the same weights.
+    """
+    parameters = _checked_parameters(loaded, contents)
+    _copy_weights(parameters, contents)
+    loaded.state.accumulated, loaded.state.micro_batches = None, 0
+    loaded.state.step = contents.metadata.step
+    loaded.state.adapter_version = contents.metadata.adapter_version
+
+
+def _checked_parameters(loaded: LoadedModel, contents: CheckpointContents) -> dict[str, torch.nn.Parameter]:
+    """The trained parameters by file key, once the checkpoint is known to fit them (else FAILED_PRECONDITION)."""
+    metadata = contents.metadata
+    _check_compatible(loaded, metadata)
+    parameters = _peft_keyed_parameters(loaded)
+    if set(parameters) != set(contents.lora_weights) or contents.training_state["parameter_names"] != _trainable_names(loaded):
+        raise FailedPrecondition(f"adapter checkpoint {metadata.name!r} does not hold this model's LoRA parameters: it was saved from another model setup")
+    for key, parameter in parameters.items():
+        if contents.lora_weights[key].shape != parameter.shape:
+            raise FailedPrecondition(f"adapter checkpoint {metadata.name!r}: {key} has shape {tuple(contents.lora_weights[key].shape)}, this model {tuple(parameter.shape)}")
+    return parameters
+
+
+def _copy_weights(parameters: dict[str, torch.nn.Parameter], contents: CheckpointContents) -> None:
+    with torch.no_grad():
+        for key, parameter in parameters.items():
+            parameter.copy_(contents.lora_weights[key])
 
 
 def _check_compatible(loaded: LoadedModel, metadata: CheckpointMetadata) -> None:

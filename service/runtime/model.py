@@ -1,9 +1,10 @@
-"""LoadModel: tokenizer, 4-bit base, LoRA adapter, optimizer and engine, as one LoadedModel.
+"""The loaded model: tokenizer, 4-bit base + LoRA (PEFT), optimizer and training counters, as one LoadedModel.
 
-Runs on the device thread. How the base weights are obtained and which engine
-samples is the backend's business (see ``engines/__init__.py``): the
-transformers backend loads the base with ``from_pretrained``; the vLLM backend
-lets vLLM load it and builds the trainer's layers over vLLM's tensors.
+It lives where the weights live: in the server process for the transformers
+engine, in vLLM's engine process for the vLLM engine. How the base is
+obtained and which engine samples is a backend's business (``engines/``);
+``assemble_loaded_model`` turns what a backend built into a LoadedModel. This
+module also holds LoadModel's checks and progress reporting.
 """
 
 from __future__ import annotations
@@ -14,19 +15,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoTokenizer
 
 from service.errors import InvalidArgument
-from service.runtime.engines import BuildContext, builder_for
-from service.runtime.engines.base import Engine
+from service.runtime.adapter_slots import AdapterSlots, scorer_slots
+from service.runtime.engines.base import BuiltModel, TrainerLink
 from service.runtime.memory import base_weight_tensors, device_memory, optimizer_state_bytes, process_rss_bytes, tensor_bytes
-from service.runtime.specs import DType, EngineKind, LoadPhase, LoadProgress, LoadSpec, MemoryReport, ModelDescription, OptimizerSpec
+from service.runtime.peft_model import TORCH_DTYPES
+from service.runtime.specs import EngineKind, LoadPhase, LoadProgress, LoadSpec, MemoryReport, ModelDescription, OptimizerSpec
+from service.runtime.tokenization import special_tokens
 from service.runtime.validation import ModelBounds
 
 ProgressCallback = Callable[[LoadProgress], None]
-
-TORCH_DTYPES = {DType.FLOAT32: torch.float32, DType.FLOAT16: torch.float16, DType.BFLOAT16: torch.bfloat16}
 
 
 @dataclass
@@ -53,10 +53,12 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     engine_kind: EngineKind
-    engine: Engine
+    engine: TrainerLink
+    """What the trainer needs from the engine beside it: adapter sync, pause/resume around a TrainStep."""
+    scorer_slots: AdapterSlots
+    """Saved adapters loaded into the PEFT model for ComputeLogprobs."""
     bounds: ModelBounds
     eos_token_ids: tuple[int, ...]
-    load_seconds: float = 0.0
     base_weight_copies: int = 1
     kv_cache_bytes: Callable[[], int] = lambda: 0
     kv_cache_usage: Callable[[], float] = lambda: 0.0
@@ -113,24 +115,11 @@ class LoadedModel:
             accumulated_micro_batches=self.state.micro_batches,
             device=str(self.device),
             memory=self.memory(),
-            load_seconds=self.load_seconds,
+            load_seconds=0.0,  # timed by the controller, which fills it in
             random_state=spec.random_state,
             standby=spec.standby,
+            special_tokens=special_tokens(self.tokenizer),
         )
-
-
-def pick_device() -> torch.device:
-    """The first CUDA device when there is one, else the CPU."""
-    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def resolve_dtype(requested: DType, device: torch.device) -> torch.dtype:
-    """AUTO: bf16 on a GPU that has it, else fp16 on GPU; fp32 on CPU."""
-    if requested is not DType.AUTO:
-        return TORCH_DTYPES[requested]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
 
 
 def check_load_spec(spec: LoadSpec) -> None:
@@ -160,71 +149,6 @@ def load_tokenizer(model_dir: Path):
     return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
 
 
-def load_hf_base(model_dir: Path, spec: LoadSpec, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
-    """The base model through transformers, NF4-quantized by bitsandbytes when load_in_4bit."""
-    quantization = (
-        BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=False)
-        if spec.load_in_4bit
-        else None
-    )
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, quantization_config=quantization, dtype=dtype, device_map={"": device}, trust_remote_code=False
-    )
-    _keep_cpu_weight_layout(model)
-    return model
-
-
-def _keep_cpu_weight_layout(model: torch.nn.Module) -> None:
-    """Stop bitsandbytes repacking 4-bit weights for AVX512-BF16 CPUs at the first eval forward.
-
-    bitsandbytes 0.50 unpacks them again in ``state_dict()`` (which PEFT's
-    ``load_adapter`` calls), and the next forward repacks them wrongly: every
-    output changes. Keeping the plain layout makes saving and loading adapters
-    leave the base model as it is, at some CPU speed.
-    """
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-
-
-def attach_lora(base: torch.nn.Module, spec: LoadSpec) -> torch.nn.Module:
-    """Wrap the base in a PEFT LoRA model, seeded by random_state; only LoRA weights train."""
-    if spec.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.enable_input_require_grads()
-    config = LoraConfig(
-        r=spec.lora.rank,
-        lora_alpha=spec.lora.alpha,
-        lora_dropout=spec.lora.dropout,
-        target_modules=list(spec.lora.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.random_state)
-        try:
-            return get_peft_model(base, config)
-        except ValueError as error:  # PEFT names the modules it could not find
-            raise InvalidArgument("lora.target_modules", str(error)) from None
-
-
-def check_lora_targets(model_dir: Path, spec: LoadSpec) -> None:
-    """Attach the LoRA to a weightless (meta-device) copy of the architecture, so target modules
-    the model lacks, or cannot adapt, fail before the loaded model is released (well under a second)."""
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
-    attach_lora(skeleton, replace(spec, gradient_checkpointing=False))
-
-
-def eos_ids(tokenizer, base_config) -> tuple[int, ...]:
-    """End-of-sequence ids from the generation config or tokenizer."""
-    configured = getattr(base_config, "eos_token_id", None)
-    ids = configured if isinstance(configured, list) else [configured]
-    ids = [i for i in ids if i is not None] or [tokenizer.eos_token_id]
-    return tuple(int(i) for i in ids)
-
-
 class Stopwatch:
     """Seconds since creation, for progress events."""
 
@@ -241,12 +165,8 @@ def report(progress: ProgressCallback, clock: Stopwatch, phase: LoadPhase, messa
     progress(LoadProgress(phase, message, done, total, unit, clock.elapsed()))
 
 
-def build_loaded_model(spec: LoadSpec, model_dir: Path, tokenizer, kind: EngineKind, progress: ProgressCallback, clock: Stopwatch) -> LoadedModel:
-    """Run the engine kind's builder, add AdamW over the LoRA parameters, and account memory (device thread)."""
-    device = pick_device()
-    dtype = resolve_dtype(spec.dtype, device)
-    context = BuildContext(spec, model_dir, tokenizer, dtype, device, lambda *a, **k: report(progress, clock, *a, **k))
-    built = builder_for(kind)(context)
+def assemble_loaded_model(spec: LoadSpec, model_dir: Path, tokenizer, kind: EngineKind, built: BuiltModel, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Add AdamW over the LoRA parameters to what a backend built, sync adapter version 0, account memory."""
     trainable = [p for p in built.model.parameters() if p.requires_grad]
     loaded = LoadedModel(
         spec=spec,
@@ -259,6 +179,7 @@ def build_loaded_model(spec: LoadSpec, model_dir: Path, tokenizer, kind: EngineK
         dtype=dtype,
         engine_kind=kind,
         engine=built.engine,
+        scorer_slots=scorer_slots(built.model, spec.max_loras),
         bounds=ModelBounds(built.vocab_size, spec.max_seq_length, built.eos_token_ids[0]),
         eos_token_ids=built.eos_token_ids,
         base_weight_copies=built.base_weight_copies,
@@ -266,6 +187,5 @@ def build_loaded_model(spec: LoadSpec, model_dir: Path, tokenizer, kind: EngineK
         kv_cache_bytes=built.kv_cache_bytes,
     )
     built.engine.sync_adapter(0)
-    loaded.load_seconds = clock.elapsed()
     loaded.refresh_memory()
     return loaded

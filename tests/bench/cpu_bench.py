@@ -65,7 +65,7 @@ def train_tokens_per_second(stub, steps: int) -> float:
 
 def in_process_baselines(cache: Path, streams: int, max_tokens: int, steps: int) -> dict[str, float]:
     """transformers generate and a plain PEFT loop on the same 4-bit model, without the service."""
-    from service.runtime.model import attach_lora, load_hf_base
+    from service.runtime.peft_model import attach_lora, load_hf_base
     from service.runtime.specs import LoadSpec
     from service.tiny_model import ensure_builtin_model
 

@@ -24,9 +24,9 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from service.runtime.engines import BuildContext  # noqa: E402
+from service.runtime.engines.base import BuildContext  # noqa: E402
 from service.runtime.engines.vllm_backend import VllmOptions, engine_kwargs  # noqa: E402
-from service.runtime.model import attach_lora, load_hf_base  # noqa: E402
+from service.runtime.peft_model import attach_lora, load_hf_base  # noqa: E402
 from service.tiny_model import ensure_builtin_model  # noqa: E402
 from tests.bench.gpu_workload import (  # noqa: E402
     HF_NEW_TOKENS,

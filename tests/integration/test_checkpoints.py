@@ -14,7 +14,7 @@ from peft import PeftModel
 from tandem.v1 import tandem_pb2 as pb
 from tandem.v1 import tandem_pb2_grpc
 
-from service.runtime.model import load_hf_base
+from service.runtime.peft_model import load_hf_base
 from service.runtime.specs import LoadSpec
 from service.tiny_model import ensure_builtin_model
 from tests.support.server import ServerProcess, start_server

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.runtime.engines import BuildContext
+from service.runtime.engines.base import BuildContext
 from service.runtime.engines.transformers_backend import build
 from service.runtime.model import load_tokenizer
 from service.runtime.specs import LoadSpec

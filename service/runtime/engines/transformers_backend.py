@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from service.runtime.engines import BuildContext, BuiltModel
+from service.runtime.engines.base import BuildContext, BuiltModel
 from service.runtime.engines.transformers_engine import TransformersEngine
-from service.runtime.model import attach_lora, eos_ids, load_hf_base
+from service.runtime.peft_model import attach_lora, eos_ids, load_hf_base
 from service.runtime.specs import LoadPhase
 
 

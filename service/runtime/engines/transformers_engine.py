@@ -206,7 +206,7 @@ class TransformersEngine:
             token = choose_token(logits[i], params, row.generator)
             row.generated.append(token)
             finish = self._finish_reason(row, token)
-            text_delta, stopped_by_text = self._text_delta(row, finished=finish is not None)
+            text_delta, stopped_by_text = ("", False) if row.request.token_ids_only else self._text_delta(row, finished=finish is not None)
             if stopped_by_text:
                 finish = FinishReason.STOP
             row.finished = finish is not None
