@@ -13,33 +13,27 @@ concurrent Generate calls together.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
 
-import grpc
 from google.protobuf.message import Message
 
 from tandem.client_base import ClientBase, ProgressCallback, loaded_model, missing_model_error
 from tandem.completions import Completion, CompletionCollector
-from tandem.errors import from_rpc_error
+from tandem.connection import ASYNCIO
 from tandem.requests import MessageInput, Prompts, generate_request, load_request, logprobs_request, train_request
 from tandem.v1 import tandem_pb2 as pb
-from tandem.v1 import tandem_pb2_grpc
-
-R = TypeVar("R", bound=Message)
 
 
 class AsyncClient(ClientBase):
-    """An asyncio client on one ``grpc.aio`` channel; use ``async with`` or await :meth:`close`."""
+    """An asyncio client on ``grpc.aio`` channels; use ``async with`` or await :meth:`close`."""
 
-    def _connect(self) -> None:
-        self._channel = self.settings.aio_channel()
-        self._stub = tandem_pb2_grpc.TandemServiceStub(self._channel)
+    _channel_kind = ASYNCIO
 
     async def close(self) -> None:
-        """Close the channel; calls in flight are cancelled."""
-        await self._channel.close()
+        """Close the channels; calls in flight are cancelled."""
+        for channel in self._routes.channels:
+            await channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -47,37 +41,24 @@ class AsyncClient(ClientBase):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def _unary(self, method: Callable[..., Awaitable[R]], request: Message, timeout: float | None, default: float) -> R:
-        attempts = self._attempts(timeout, default)
-        while True:
-            try:
-                return await method(request, timeout=attempts.deadline.remaining(), metadata=self._metadata)
-            except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error)
-            delay = attempts.wait_before_retry(error)
-            if delay is None:
-                raise error
-            await asyncio.sleep(delay)
+    async def _unary(self, rpc: str, request: Message, timeout: float | None) -> Any:
+        """The reply of the unary method ``rpc``, retried on UNAVAILABLE."""
+        async for attempt in self._retrying(rpc, timeout):
+            with attempt:
+                return await attempt.call(rpc, request)
 
-    async def _stream(self, method: Callable[..., Any], request: Message, timeout: float | None, default: float) -> AsyncIterator[Any]:
-        """Responses of a server stream; ``aclose()`` (or cancelling the task) cancels the call."""
-        attempts = self._attempts(timeout, default)
-        while True:
-            call = method(request, timeout=attempts.deadline.remaining(), metadata=self._metadata)
-            received = False
-            try:
-                async for response in call:
-                    received = True
-                    yield response
-                return
-            except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error)
-            finally:
-                call.cancel()
-            delay = None if received else attempts.wait_before_retry(error)
-            if delay is None:
-                raise error
-            await asyncio.sleep(delay)
+    async def _stream(self, rpc: str, request: Message, timeout: float | None) -> AsyncIterator[Any]:
+        """Responses of the server stream ``rpc``; ``aclose()`` (or cancelling the task) cancels the call."""
+        async for attempt in self._retrying(rpc, timeout):
+            with attempt:
+                call = attempt.call(rpc, request)
+                try:
+                    async for response in call:
+                        attempt.delivered()
+                        yield response
+                    return
+                finally:
+                    call.cancel()
 
     async def load_model(
         self,
@@ -88,7 +69,7 @@ class AsyncClient(ClientBase):
         **fields: Any,
     ) -> pb.ModelInfo:
         """Load a model and return it; see :meth:`tandem.Client.load_model`."""
-        events = self._stream(self._stub.LoadModel, load_request(request, fields), timeout, self.settings.deadlines.load_model)
+        events = self._stream("LoadModel", load_request(request, fields), timeout)
         async for event in events:
             model = loaded_model(event)
             if model is not None:
@@ -99,27 +80,44 @@ class AsyncClient(ClientBase):
 
     async def unload_model(self, *, timeout: float | None = None) -> bool:
         """Release the model; True when one was loaded."""
-        reply = await self._unary(self._stub.UnloadModel, pb.UnloadModelRequest(), timeout, self.settings.deadlines.call)
+        reply = await self._unary("UnloadModel", pb.UnloadModelRequest(), timeout)
         return reply.unloaded
 
     async def get_model(self, *, timeout: float | None = None) -> pb.ModelInfo | None:
         """The loaded model, or None."""
-        reply = await self._unary(self._stub.GetModel, pb.GetModelRequest(), timeout, self.settings.deadlines.call)
+        reply = await self._unary("GetModel", pb.GetModelRequest(), timeout)
         return reply.model if reply.loaded else None
 
     def generate_stream(
-        self, prompts: Prompts, *, sampling: MessageInput | None = None, adapter: str = "", timeout: float | None = None
+        self,
+        prompts: Prompts,
+        *,
+        sampling: MessageInput | None = None,
+        adapter: str = "",
+        min_adapter_version: int | None = None,
+        timeout: float | None = None,
     ) -> AsyncIterator[pb.GenerateResponse]:
         """Stream Generate events; see :meth:`tandem.Client.generate_stream`. ``aclose()`` cancels."""
-        request = generate_request(prompts, sampling, adapter)
-        return self._stream(self._stub.Generate, request, timeout, self.settings.deadlines.generate)
+        request = generate_request(prompts, sampling, adapter, min_adapter_version)
+        return self._stream("Generate", request, timeout)
 
-    async def generate(self, prompts: Prompts, *, sampling: MessageInput | None = None, adapter: str = "", timeout: float | None = None) -> list[Completion]:
-        """Generate and collect whole completions, ordered by prompt then sample index."""
-        collector = CompletionCollector()
-        async for chunk in self.generate_stream(prompts, sampling=sampling, adapter=adapter, timeout=timeout):
-            collector.add(chunk)
-        return collector.completions()
+    async def generate(
+        self,
+        prompts: Prompts,
+        *,
+        sampling: MessageInput | None = None,
+        adapter: str = "",
+        min_adapter_version: int | None = None,
+        timeout: float | None = None,
+    ) -> list[Completion]:
+        """Generate and collect whole completions; see :meth:`tandem.Client.generate` (restarted whole on UNAVAILABLE)."""
+        request = generate_request(prompts, sampling, adapter, min_adapter_version)
+        async for attempt in self._retrying("Generate", timeout):
+            with attempt:
+                collector = CompletionCollector()
+                async for chunk in attempt.call("Generate", request):
+                    collector.add(chunk)
+                return collector.completions()
 
     async def train_step(
         self,
@@ -132,27 +130,27 @@ class AsyncClient(ClientBase):
     ) -> pb.TrainStepResponse:
         """Train on one micro-batch; see :meth:`tandem.Client.train_step`."""
         request = train_request(sequences, loss, optimizer, accumulate)
-        return await self._unary(self._stub.TrainStep, request, timeout, self.settings.deadlines.train_step)
+        return await self._unary("TrainStep", request, timeout)
 
     async def compute_logprobs(self, sequences: Iterable[Sequence[int]], *, adapter: str = "", timeout: float | None = None) -> pb.ComputeLogprobsResponse:
         """Per-token logprobs of token-id sequences under an adapter ("" current, "base", or a saved name)."""
         request = logprobs_request(sequences, adapter)
-        return await self._unary(self._stub.ComputeLogprobs, request, timeout, self.settings.deadlines.call)
+        return await self._unary("ComputeLogprobs", request, timeout)
 
     async def save_adapter(self, name: str, *, overwrite: bool = False, timeout: float | None = None) -> pb.AdapterCheckpoint:
         """Save the trained adapter and optimizer state as checkpoint ``name``."""
         request = pb.SaveAdapterRequest(name=name, overwrite=overwrite)
-        return (await self._unary(self._stub.SaveAdapter, request, timeout, self.settings.deadlines.call)).checkpoint
+        return (await self._unary("SaveAdapter", request, timeout)).checkpoint
 
     async def load_adapter(self, name: str, *, timeout: float | None = None) -> pb.LoadAdapterResponse:
         """Restore checkpoint ``name`` into the trained adapter and optimizer."""
-        return await self._unary(self._stub.LoadAdapter, pb.LoadAdapterRequest(name=name), timeout, self.settings.deadlines.call)
+        return await self._unary("LoadAdapter", pb.LoadAdapterRequest(name=name), timeout)
 
     async def list_adapters(self, *, timeout: float | None = None) -> list[pb.AdapterCheckpoint]:
         """The saved checkpoints."""
-        reply = await self._unary(self._stub.ListAdapters, pb.ListAdaptersRequest(), timeout, self.settings.deadlines.call)
+        reply = await self._unary("ListAdapters", pb.ListAdaptersRequest(), timeout)
         return list(reply.checkpoints)
 
     async def delete_adapter(self, name: str, *, timeout: float | None = None) -> None:
         """Delete checkpoint ``name``."""
-        await self._unary(self._stub.DeleteAdapter, pb.DeleteAdapterRequest(name=name), timeout, self.settings.deadlines.call)
+        await self._unary("DeleteAdapter", pb.DeleteAdapterRequest(name=name), timeout)

@@ -9,40 +9,37 @@
                                   optimizer={"learning_rate": 1e-2})
         print(reply.loss, reply.adapter_version)
 
-Every method has a deadline (``timeout=`` seconds, else the client's
-:class:`~tandem.retry.Deadlines`), retries UNAVAILABLE with backoff, and
+With samplers (``Client("trainer:50051", samplers="dns:///tandem-sampler:50051")``
+or a list of addresses) sampling calls go to them and the rest to the trainer
+(:mod:`tandem.routing`). Every method has a deadline (``timeout=`` seconds,
+else the client's :class:`~tandem.retry.Deadlines`), retries UNAVAILABLE on
+another replica or after a backoff (:class:`~tandem.retry.Retrying`), and
 raises a :class:`~tandem.errors.TandemError` subclass on failure.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
-import grpc
 from google.protobuf.message import Message
 
 from tandem.client_base import ClientBase, ProgressCallback, loaded_model, missing_model_error
 from tandem.completions import Completion, CompletionCollector
-from tandem.errors import from_rpc_error
+from tandem.connection import BLOCKING
 from tandem.requests import MessageInput, Prompts, generate_request, load_request, logprobs_request, train_request
 from tandem.v1 import tandem_pb2 as pb
-from tandem.v1 import tandem_pb2_grpc
-
-R = TypeVar("R", bound=Message)
 
 
 class Client(ClientBase):
-    """A blocking client on one channel; use it as a context manager or call :meth:`close`."""
+    """A blocking client; use it as a context manager or call :meth:`close`."""
 
-    def _connect(self) -> None:
-        self._channel = self.settings.channel()
-        self._stub = tandem_pb2_grpc.TandemServiceStub(self._channel)
+    _channel_kind = BLOCKING
 
     def close(self) -> None:
-        """Close the channel; calls in flight are cancelled."""
-        self._channel.close()
+        """Close the channels; calls in flight are cancelled."""
+        for channel in self._routes.channels:
+            channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -50,37 +47,24 @@ class Client(ClientBase):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _unary(self, method: Callable[..., R], request: Message, timeout: float | None, default: float) -> R:
-        attempts = self._attempts(timeout, default)
-        while True:
-            try:
-                return method(request, timeout=attempts.deadline.remaining(), metadata=self._metadata)
-            except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error)
-            delay = attempts.wait_before_retry(error)
-            if delay is None:
-                raise error
-            time.sleep(delay)
+    def _unary(self, rpc: str, request: Message, timeout: float | None) -> Any:
+        """The reply of the unary method ``rpc``, retried on UNAVAILABLE."""
+        for attempt in self._retrying(rpc, timeout):
+            with attempt:
+                return attempt.call(rpc, request)
 
-    def _stream(self, method: Callable[..., Any], request: Message, timeout: float | None, default: float) -> Iterator[Any]:
-        """Responses of a server stream; closing the iterator cancels the call."""
-        attempts = self._attempts(timeout, default)
-        while True:
-            call = method(request, timeout=attempts.deadline.remaining(), metadata=self._metadata)
-            received = False
-            try:
-                for response in call:
-                    received = True
-                    yield response
-                return
-            except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error)
-            finally:
-                call.cancel()
-            delay = None if received else attempts.wait_before_retry(error)
-            if delay is None:
-                raise error
-            time.sleep(delay)
+    def _stream(self, rpc: str, request: Message, timeout: float | None) -> Iterator[Any]:
+        """Responses of the server stream ``rpc``; closing the iterator cancels the call."""
+        for attempt in self._retrying(rpc, timeout):
+            with attempt:
+                call = attempt.call(rpc, request)
+                try:
+                    for response in call:
+                        attempt.delivered()
+                        yield response
+                    return
+                finally:
+                    call.cancel()
 
     def load_model(
         self,
@@ -96,7 +80,7 @@ class Client(ClientBase):
         ``load_model(max_seq_length=512, lora={"rank": 16})``. No arguments
         loads the built-in tiny model with the server's defaults.
         """
-        events = self._stream(self._stub.LoadModel, load_request(request, fields), timeout, self.settings.deadlines.load_model)
+        events = self._stream("LoadModel", load_request(request, fields), timeout)
         for event in events:
             model = loaded_model(event)
             if model is not None:
@@ -107,33 +91,62 @@ class Client(ClientBase):
 
     def unload_model(self, *, timeout: float | None = None) -> bool:
         """Release the model; True when one was loaded."""
-        reply = self._unary(self._stub.UnloadModel, pb.UnloadModelRequest(), timeout, self.settings.deadlines.call)
+        reply = self._unary("UnloadModel", pb.UnloadModelRequest(), timeout)
         return reply.unloaded
 
     def get_model(self, *, timeout: float | None = None) -> pb.ModelInfo | None:
         """The loaded model, or None."""
-        reply = self._unary(self._stub.GetModel, pb.GetModelRequest(), timeout, self.settings.deadlines.call)
+        reply = self._unary("GetModel", pb.GetModelRequest(), timeout)
         return reply.model if reply.loaded else None
 
     def generate_stream(
-        self, prompts: Prompts, *, sampling: MessageInput | None = None, adapter: str = "", timeout: float | None = None
+        self,
+        prompts: Prompts,
+        *,
+        sampling: MessageInput | None = None,
+        adapter: str = "",
+        min_adapter_version: int | None = None,
+        timeout: float | None = None,
     ) -> Iterator[pb.GenerateResponse]:
         """Stream Generate events as the engine produces them.
 
         ``prompts`` is one text, or a sequence of texts / token-id lists;
         ``adapter`` is "" (the trained adapter), "base", or a saved checkpoint's
-        name. Call ``close()`` on the returned iterator (or leave the loop and
-        drop it) to cancel the call; the server stops those sequences.
+        name; ``min_adapter_version``: sample only from that adapter version or
+        a newer one (a sampler behind it waits for it, within the deadline).
+        Call ``close()`` on the returned iterator (or leave the loop and drop
+        it) to cancel the call; the server stops those sequences. A stream
+        that fails with UNAVAILABLE before its first event is retried (on
+        another sampler where there are several); once an event has been
+        yielded, the failure is raised: starting again would sample anew and
+        repeat what was already delivered.
         """
-        request = generate_request(prompts, sampling, adapter)
-        return self._stream(self._stub.Generate, request, timeout, self.settings.deadlines.generate)
+        request = generate_request(prompts, sampling, adapter, min_adapter_version)
+        return self._stream("Generate", request, timeout)
 
-    def generate(self, prompts: Prompts, *, sampling: MessageInput | None = None, adapter: str = "", timeout: float | None = None) -> list[Completion]:
-        """Generate and collect whole completions, ordered by prompt then sample index."""
-        collector = CompletionCollector()
-        for chunk in self.generate_stream(prompts, sampling=sampling, adapter=adapter, timeout=timeout):
-            collector.add(chunk)
-        return collector.completions()
+    def generate(
+        self,
+        prompts: Prompts,
+        *,
+        sampling: MessageInput | None = None,
+        adapter: str = "",
+        min_adapter_version: int | None = None,
+        timeout: float | None = None,
+    ) -> list[Completion]:
+        """Generate and collect whole completions, ordered by prompt then sample index.
+
+        Arguments as for :meth:`generate_stream`. Nothing reaches the caller
+        before the call ends, so a stream that breaks with UNAVAILABLE part-way
+        is started again from the beginning (on another sampler where there
+        are several); what the broken stream produced is dropped, never mixed in.
+        """
+        request = generate_request(prompts, sampling, adapter, min_adapter_version)
+        for attempt in self._retrying("Generate", timeout):
+            with attempt:
+                collector = CompletionCollector()
+                for chunk in attempt.call("Generate", request):
+                    collector.add(chunk)
+                return collector.completions()
 
     def train_step(
         self,
@@ -153,27 +166,27 @@ class Client(ClientBase):
         step never reached the model (see docs/clients.md for at-most-once).
         """
         request = train_request(sequences, loss, optimizer, accumulate)
-        return self._unary(self._stub.TrainStep, request, timeout, self.settings.deadlines.train_step)
+        return self._unary("TrainStep", request, timeout)
 
     def compute_logprobs(self, sequences: Iterable[Sequence[int]], *, adapter: str = "", timeout: float | None = None) -> pb.ComputeLogprobsResponse:
         """Per-token logprobs of token-id sequences under an adapter ("" current, "base", or a saved name)."""
         request = logprobs_request(sequences, adapter)
-        return self._unary(self._stub.ComputeLogprobs, request, timeout, self.settings.deadlines.call)
+        return self._unary("ComputeLogprobs", request, timeout)
 
     def save_adapter(self, name: str, *, overwrite: bool = False, timeout: float | None = None) -> pb.AdapterCheckpoint:
         """Save the trained adapter and optimizer state as checkpoint ``name``."""
         request = pb.SaveAdapterRequest(name=name, overwrite=overwrite)
-        return self._unary(self._stub.SaveAdapter, request, timeout, self.settings.deadlines.call).checkpoint
+        return self._unary("SaveAdapter", request, timeout).checkpoint
 
     def load_adapter(self, name: str, *, timeout: float | None = None) -> pb.LoadAdapterResponse:
         """Restore checkpoint ``name`` into the trained adapter and optimizer."""
-        return self._unary(self._stub.LoadAdapter, pb.LoadAdapterRequest(name=name), timeout, self.settings.deadlines.call)
+        return self._unary("LoadAdapter", pb.LoadAdapterRequest(name=name), timeout)
 
     def list_adapters(self, *, timeout: float | None = None) -> list[pb.AdapterCheckpoint]:
         """The saved checkpoints."""
-        reply = self._unary(self._stub.ListAdapters, pb.ListAdaptersRequest(), timeout, self.settings.deadlines.call)
+        reply = self._unary("ListAdapters", pb.ListAdaptersRequest(), timeout)
         return list(reply.checkpoints)
 
     def delete_adapter(self, name: str, *, timeout: float | None = None) -> None:
         """Delete checkpoint ``name``."""
-        self._unary(self._stub.DeleteAdapter, pb.DeleteAdapterRequest(name=name), timeout, self.settings.deadlines.call)
+        self._unary("DeleteAdapter", pb.DeleteAdapterRequest(name=name), timeout)

@@ -1,9 +1,11 @@
-"""Where and how to connect: target, bearer token, TLS / mutual TLS, message size."""
+"""Where and how to connect: trainer and sampler targets, bearer token, TLS / mutual TLS, message size."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -52,12 +54,26 @@ class TlsOptions:
         return grpc.ssl_channel_credentials(self.root_certificates, self.client_key, self.client_certificate)
 
 
+class ChannelKind(NamedTuple):
+    """How to open a channel: grpc's blocking functions or grpc.aio's."""
+
+    insecure: Callable[..., Any]
+    secure: Callable[..., Any]
+
+
+BLOCKING = ChannelKind(grpc.insecure_channel, grpc.secure_channel)
+ASYNCIO = ChannelKind(grpc.aio.insecure_channel, grpc.aio.secure_channel)
+
+
 @dataclass(frozen=True)
 class ConnectionSettings:
     """Everything a client needs to reach the server; shared by the sync and asyncio clients."""
 
     target: str = DEFAULT_TARGET
-    """host:port of the server."""
+    """host:port of the server; with ``samplers``, of the trainer."""
+    samplers: str | tuple[str, ...] | None = None
+    """Where sampling calls go: None, to ``target``; a gRPC target (``dns:///name:port``) balanced
+    with ``round_robin``; or host:port addresses, tried in turn (see :mod:`tandem.routing`)."""
     token: str | None = None
     """Bearer token, sent as ``authorization: Bearer <token>`` on every call."""
     tls: TlsOptions | None = None
@@ -80,14 +96,11 @@ class ConnectionSettings:
             options.append(("grpc.ssl_target_name_override", self.tls.server_name))
         return options
 
-    def channel(self) -> grpc.Channel:
-        """A synchronous channel."""
+    def open_channel(self, target: str, kind: ChannelKind, service_config: str | None = None) -> Any:
+        """A channel of ``kind`` to ``target``, with these credentials and options (and ``service_config``, JSON)."""
+        options = self.channel_options()
+        if service_config is not None:
+            options.append(("grpc.service_config", service_config))
         if self.tls is None:
-            return grpc.insecure_channel(self.target, options=self.channel_options())
-        return grpc.secure_channel(self.target, self.tls.credentials(), options=self.channel_options())
-
-    def aio_channel(self) -> grpc.aio.Channel:
-        """An asyncio channel."""
-        if self.tls is None:
-            return grpc.aio.insecure_channel(self.target, options=self.channel_options())
-        return grpc.aio.secure_channel(self.target, self.tls.credentials(), options=self.channel_options())
+            return kind.insecure(target, options=options)
+        return kind.secure(target, self.tls.credentials(), options=options)

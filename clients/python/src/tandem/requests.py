@@ -59,13 +59,14 @@ def prompt(value: PromptInput) -> pb.Prompt:
     raise TypeError(f"a prompt is text, a sequence of token ids or a Prompt, got {value!r}")
 
 
-def generate_request(prompts: Prompts, sampling: MessageInput | None, adapter: str) -> pb.GenerateRequest:
-    """A GenerateRequest; a bare string is one text prompt."""
+def generate_request(prompts: Prompts, sampling: MessageInput | None, adapter: str, min_adapter_version: int | None = None) -> pb.GenerateRequest:
+    """A GenerateRequest; a bare string is one text prompt; ``min_adapter_version`` None asks for any version."""
     items: Iterable[PromptInput] = [prompts] if isinstance(prompts, str) else prompts
     return pb.GenerateRequest(
         prompts=[prompt(item) for item in items],
         sampling=as_message(pb.SamplingParams, sampling),
         adapter=adapter,
+        min_adapter_version=min_adapter_version,
     )
 
 
