@@ -140,6 +140,25 @@ def train_spec(request: pb.TrainStepRequest) -> specs.TrainSpec:
     optimizer = _set_fields(request.optimizer, specs.OptimizerSpec)
     return specs.TrainSpec(sequences=sequences, loss=loss, optimizer=optimizer, accumulate=request.accumulate)
 
+def tokenize_spec(request: pb.TokenizeRequest) -> specs.TokenizeSpec:
+    """TokenizeRequest -> TokenizeSpec."""
+    inputs = []
+    for item in request.inputs:
+        kind = item.WhichOneof("input")
+        chat = tuple(specs.ChatMessageSpec(m.role, m.content) for m in item.chat.messages) if kind == "chat" else None
+        inputs.append(specs.TokenizeInputSpec(text=item.text if kind == "text" else None, chat=chat))
+    return specs.TokenizeSpec(
+        inputs=tuple(inputs),
+        add_special_tokens=request.add_special_tokens if request.HasField("add_special_tokens") else None,
+        add_generation_prompt=request.add_generation_prompt,
+        return_offsets=request.return_offsets,
+    )
+
+
+def detokenize_spec(request: pb.DetokenizeRequest) -> specs.DetokenizeSpec:
+    """DetokenizeRequest -> DetokenizeSpec."""
+    return specs.DetokenizeSpec(sequences=tuple(tuple(s.ids) for s in request.sequences), skip_special_tokens=request.skip_special_tokens)
+
 
 # --- responses ------------------------------------------------------------------------------
 
@@ -171,6 +190,16 @@ def model_info(model: specs.ModelDescription) -> pb.ModelInfo:
         load_seconds=model.load_seconds,
         random_state=model.random_state,
         standby=model.standby,
+        special_tokens=special_tokens(model.special_tokens),
+    )
+
+def special_tokens(tokens: specs.SpecialTokens) -> pb.SpecialTokens:
+    """SpecialTokens (domain) -> SpecialTokens (protobuf); None ids stay unset."""
+    ids = {f.name: getattr(tokens, f.name) for f in fields(tokens) if f.name.endswith("_token_id")}
+    return pb.SpecialTokens(
+        **{name: value for name, value in ids.items() if value is not None},
+        all_special_ids=list(tokens.all_special_ids),
+        has_chat_template=tokens.has_chat_template,
     )
 
 
@@ -233,3 +262,15 @@ def adapter_checkpoint(checkpoint: specs.AdapterCheckpoint) -> pb.AdapterCheckpo
 def load_adapter_response(restored: specs.RestoredAdapter) -> pb.LoadAdapterResponse:
     """RestoredAdapter -> LoadAdapterResponse."""
     return pb.LoadAdapterResponse(checkpoint=adapter_checkpoint(restored.checkpoint), adapter_version=restored.adapter_version, step=restored.step)
+
+
+def tokenize_response(results: list[specs.TokenizedText]) -> pb.TokenizeResponse:
+    """Tokenize results -> TokenizeResponse."""
+    return pb.TokenizeResponse(
+        results=[
+            pb.TokenizedInput(
+                ids=list(r.ids), offsets=[pb.TextSpan(start=start, end=end) for start, end in r.offsets], rendered_text=r.rendered_text
+            )
+            for r in results
+        ]
+    )

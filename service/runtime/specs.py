@@ -256,6 +256,19 @@ class MemoryReport:
 
 
 @dataclass(frozen=True)
+class SpecialTokens:
+    """The tokenizer's special token ids; None where it has no such token."""
+
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    unk_token_id: int | None = None
+    all_special_ids: tuple[int, ...] = ()
+    """Every special token id, ascending."""
+    has_chat_template: bool = False
+
+
+@dataclass(frozen=True)
 class ModelDescription:
     """What is loaded (GetModel, the end of LoadModel)."""
 
@@ -277,6 +290,8 @@ class ModelDescription:
     load_seconds: float
     random_state: int
     standby: bool
+    special_tokens: SpecialTokens = field(default_factory=SpecialTokens)
+    """The tokenizer's special token ids (see :func:`service.runtime.tokenization.special_tokens`)."""
 
 
 class LoadPhase(enum.Enum):
@@ -322,3 +337,51 @@ class RestoredAdapter:
     checkpoint: AdapterCheckpoint
     adapter_version: int
     step: int
+
+# --- Tokenize / Detokenize ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatMessageSpec:
+    """One turn of a conversation."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class TokenizeInputSpec:
+    """One thing to tokenize: exactly one of text and chat is set."""
+
+    text: str | None = None
+    chat: tuple[ChatMessageSpec, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TokenizeSpec:
+    """One Tokenize call."""
+
+    inputs: tuple[TokenizeInputSpec, ...]
+    add_special_tokens: bool | None = None
+    """None: True for text inputs, False for chat inputs (the chat template places special tokens itself)."""
+    add_generation_prompt: bool = False
+    return_offsets: bool = False
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    """The result for one Tokenize input."""
+
+    ids: tuple[int, ...]
+    offsets: tuple[tuple[int, int], ...] = ()
+    """One half-open character span per id when offsets were asked for; (0, 0) for special tokens the tokenizer added."""
+    rendered_text: str = ""
+    """Chat inputs: the text the chat template rendered (what the ids encode); "" for text inputs."""
+
+
+@dataclass(frozen=True)
+class DetokenizeSpec:
+    """One Detokenize call."""
+
+    sequences: tuple[tuple[int, ...], ...]
+    skip_special_tokens: bool = False

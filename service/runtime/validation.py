@@ -26,6 +26,13 @@ from service.runtime.specs import (
 )
 
 
+EMPTY_PROMPT = (
+    "the prompt is empty (no text, no token ids): to start from nothing, send the beginning-of-sequence id "
+    "(GetModel: special_tokens.bos_token_id) as token_ids"
+)
+"""The one message for an empty prompt, in Generate and ComputeLogprobs alike (see Prompt in the proto)."""
+
+
 class TextEncoder(Protocol):
     """The part of a tokenizer that validation needs."""
 
@@ -119,11 +126,11 @@ def prepare_prompts(spec: GenerateSpec, encoder: TextEncoder, bounds: ModelBound
             ids = list(prompt.token_ids)
             check_token_ids(f"{field}.token_ids.ids", ids, bounds)
         elif prompt.text is not None:
-            ids = encoder.encode(prompt.text, add_special_tokens=True)
+            ids = encoder.encode(prompt.text, add_special_tokens=True) if prompt.text else []
         else:
             raise InvalidArgument(field, "set text or token_ids")
         if not ids:
-            raise InvalidArgument(field, "the prompt is empty")
+            raise InvalidArgument(field, EMPTY_PROMPT)
         room = bounds.max_seq_length - len(ids)
         if room < spec.sampling.max_tokens:
             raise InvalidArgument(
@@ -181,9 +188,13 @@ def _sequence_tokens(field: str, seq: TrainSequenceSpec, encoder: TextEncoder, b
 
 
 def check_logprob_request_size(sequences: Sequence[Sequence[int]], limits: Limits) -> None:
-    """ComputeLogprobs runs the same forward pass as TrainStep, so the TrainStep size limits bound it."""
+    """ComputeLogprobs runs the same forward pass as TrainStep, so the TrainStep size limits bound it;
+    an empty sequence is refused as an empty Generate prompt is."""
     if not sequences:
         raise InvalidArgument("sequences", "give at least one sequence")
+    for index, ids in enumerate(sequences):
+        if not ids:
+            raise InvalidArgument(f"sequences[{index}].ids", EMPTY_PROMPT)
     if len(sequences) > limits.max_train_sequences:
         raise InvalidArgument(
             "sequences", f"at most {limits.max_train_sequences} sequences per request (max_train_sequences), got {len(sequences)}"

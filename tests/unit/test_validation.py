@@ -16,7 +16,14 @@ from service.runtime.specs import (
     TrainSequenceSpec,
     TrainSpec,
 )
-from service.runtime.validation import ModelBounds, check_checkpoint_name, prepare_prompts, prepare_train_sequences
+from service.runtime.validation import (
+    EMPTY_PROMPT,
+    ModelBounds,
+    check_checkpoint_name,
+    check_logprob_request_size,
+    prepare_prompts,
+    prepare_train_sequences,
+)
 
 BOUNDS = ModelBounds(vocab_size=100, max_seq_length=32, eos_token_id=2)
 LIMITS = Limits(max_prompts_per_request=4, max_samples_per_prompt=8, max_new_tokens=16, max_train_sequences=3, max_train_tokens=40)
@@ -73,6 +80,23 @@ def test_text_and_token_prompts_become_ids():
 )
 def test_bad_generate_requests_name_the_field(field, spec):
     rejects(field, lambda: prepare_prompts(spec, CharEncoder(), BOUNDS, LIMITS))
+
+
+def test_one_rule_for_empty_prompts_in_generate_and_compute_logprobs():
+    """Empty text (which the encoder would turn into a lone BOS) and an empty id list are refused alike,
+    with one message that says how to start from nothing."""
+    messages = []
+    for empty in (PromptSpec(text=""), PromptSpec(token_ids=())):
+        with pytest.raises(InvalidArgument) as error:
+            prepare_prompts(generate(PromptSpec(text="a"), empty), CharEncoder(), BOUNDS, LIMITS)
+        assert error.value.field == "prompts[1]"
+        messages.append(str(error.value).removeprefix("prompts[1]: "))
+    with pytest.raises(InvalidArgument) as error:
+        check_logprob_request_size([[5, 6], []], LIMITS)
+    assert error.value.field == "sequences[1].ids"
+    messages.append(str(error.value).removeprefix("sequences[1].ids: "))
+    assert messages == [EMPTY_PROMPT] * 3 and "bos_token_id" in EMPTY_PROMPT
+    assert prepare_prompts(generate(PromptSpec(token_ids=(1,))), CharEncoder(), BOUNDS, LIMITS) == [[1]]
 
 
 def test_bad_adapter_selector():
