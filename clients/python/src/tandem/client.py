@@ -100,13 +100,7 @@ class Client(ClientBase):
         return reply.model if reply.loaded else None
 
     def generate_stream(
-        self,
-        prompts: Prompts,
-        *,
-        sampling: MessageInput | None = None,
-        adapter: str = "",
-        min_adapter_version: int | None = None,
-        timeout: float | None = None,
+        self, prompts: Prompts, *, sampling: MessageInput | None = None, adapter: str = "", min_adapter_version: int | None = None, timeout: float | None = None
     ) -> Iterator[pb.GenerateResponse]:
         """Stream Generate events as the engine produces them.
 
@@ -125,13 +119,7 @@ class Client(ClientBase):
         return self._stream("Generate", request, timeout)
 
     def generate(
-        self,
-        prompts: Prompts,
-        *,
-        sampling: MessageInput | None = None,
-        adapter: str = "",
-        min_adapter_version: int | None = None,
-        timeout: float | None = None,
+        self, prompts: Prompts, *, sampling: MessageInput | None = None, adapter: str = "", min_adapter_version: int | None = None, timeout: float | None = None
     ) -> list[Completion]:
         """Generate and collect whole completions, ordered by prompt then sample index.
 
