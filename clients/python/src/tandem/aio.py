@@ -21,7 +21,17 @@ from google.protobuf.message import Message
 from tandem.client_base import ClientBase, ProgressCallback, loaded_model, missing_model_error
 from tandem.completions import Completion, CompletionCollector
 from tandem.connection import ASYNCIO
-from tandem.requests import MessageInput, Prompts, generate_request, load_request, logprobs_request, train_request
+from tandem.requests import (
+    MessageInput,
+    Prompts,
+    TokenizeItem,
+    detokenize_request,
+    generate_request,
+    load_request,
+    logprobs_request,
+    tokenize_request,
+    train_request,
+)
 from tandem.v1 import tandem_pb2 as pb
 
 
@@ -142,3 +152,29 @@ class AsyncClient(ClientBase):
     async def delete_adapter(self, name: str, *, timeout: float | None = None) -> None:
         """Delete checkpoint ``name``."""
         await self._unary("DeleteAdapter", pb.DeleteAdapterRequest(name=name), timeout)
+
+    async def tokenize(
+        self,
+        inputs: str | Sequence[TokenizeItem],
+        *,
+        add_special_tokens: bool | None = None,
+        add_generation_prompt: bool = False,
+        return_offsets: bool = False,
+        timeout: float | None = None,
+    ) -> list[pb.TokenizedInput]:
+        """Token ids of texts or conversations with the served model's own tokenizer, one result per input.
+
+        ``inputs`` is one text, or a sequence of texts and conversations (a
+        conversation is a list of ``{"role": ..., "content": ...}`` messages,
+        rendered with the model's chat template). Text gets the tokenizer's
+        special tokens (BOS) as a Generate text prompt does, unless
+        ``add_special_tokens=False``; ``return_offsets`` adds each token's
+        character span.
+        """
+        request = tokenize_request(inputs, add_special_tokens, add_generation_prompt, return_offsets)
+        return list((await self._unary("Tokenize", request, timeout)).results)
+
+    async def detokenize(self, sequences: Iterable[Sequence[int]], *, skip_special_tokens: bool = False, timeout: float | None = None) -> list[str]:
+        """The text of each token-id list, with the served model's tokenizer."""
+        request = detokenize_request(sequences, skip_special_tokens)
+        return list((await self._unary("Detokenize", request, timeout)).texts)

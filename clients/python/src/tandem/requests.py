@@ -104,3 +104,38 @@ def load_request(request: MessageInput | None, fields: Mapping[str, Any]) -> pb.
 def logprobs_request(sequences: Iterable[Sequence[int]], adapter: str) -> pb.ComputeLogprobsRequest:
     """A ComputeLogprobsRequest for token-id sequences."""
     return pb.ComputeLogprobsRequest(sequences=[pb.TokenIds(ids=list(ids)) for ids in sequences], adapter=adapter)
+
+
+TokenizeItem = str | Sequence[Mapping[str, str] | pb.ChatMessage] | pb.Chat | pb.TokenizeInput
+"""One Tokenize input: text, a conversation (``{"role": ..., "content": ...}`` messages, ChatMessages or a Chat), or a TokenizeInput."""
+
+
+def tokenize_input(value: TokenizeItem) -> pb.TokenizeInput:
+    """A TokenizeInput from text, a conversation, or a TokenizeInput."""
+    if isinstance(value, pb.TokenizeInput):
+        return value
+    if isinstance(value, str):
+        return pb.TokenizeInput(text=value)
+    if isinstance(value, pb.Chat):
+        return pb.TokenizeInput(chat=value)
+    if isinstance(value, Sequence):
+        return pb.TokenizeInput(chat=pb.Chat(messages=[as_message(pb.ChatMessage, message) for message in value]))
+    raise TypeError(f"a Tokenize input is text, a list of chat messages, a Chat or a TokenizeInput, got {value!r}")
+
+
+def tokenize_request(
+    inputs: str | Sequence[TokenizeItem], add_special_tokens: bool | None, add_generation_prompt: bool, return_offsets: bool
+) -> pb.TokenizeRequest:
+    """A TokenizeRequest; a bare string is one text, ``add_special_tokens=None`` leaves the server's default."""
+    items: Iterable[TokenizeItem] = [inputs] if isinstance(inputs, str) else inputs
+    request = pb.TokenizeRequest(
+        inputs=[tokenize_input(item) for item in items], add_generation_prompt=add_generation_prompt, return_offsets=return_offsets
+    )
+    if add_special_tokens is not None:
+        request.add_special_tokens = add_special_tokens
+    return request
+
+
+def detokenize_request(sequences: Iterable[Sequence[int]], skip_special_tokens: bool) -> pb.DetokenizeRequest:
+    """A DetokenizeRequest for token-id lists."""
+    return pb.DetokenizeRequest(sequences=[pb.TokenIds(ids=list(ids)) for ids in sequences], skip_special_tokens=skip_special_tokens)
