@@ -9,7 +9,7 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
-from service.config import Limits, ServerConfig, TlsConfig, default_cache_dir
+from service.config import Limits, Role, ServerConfig, TlsConfig, default_cache_dir
 from service.runtime.specs import TINY_MODEL_NAME
 
 AUTH_TOKEN_ENV = "TANDEM_AUTH_TOKEN"
@@ -42,6 +42,36 @@ def _add_security_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--health-port", type=int, default=None, help="also serve grpc.health.v1 alone, plaintext and without a token, on this port (default off)"
     )
+
+
+def _add_scale_out_flags(parser: argparse.ArgumentParser, defaults: ServerConfig) -> None:
+    group = parser.add_argument_group("scale-out", "one trainer publishes adapter versions, samplers serve them: see docs/scale-out.md")
+    group.add_argument(
+        "--role",
+        choices=[role.value for role in Role],
+        default=defaults.role.value,
+        help="trainer: train and publish to --adapter-store; sampler: serve the newest published adapter; both: train and sample here (default %(default)s)",
+    )
+    group.add_argument("--adapter-store", type=Path, default=None, metavar="DIR", help="adapter store directory shared by the trainer and its samplers")
+    group.add_argument("--trainer-address", default=None, metavar="HOST:PORT", help="sampler: where TrainStep goes (named in refusals and GetModel)")
+    group.add_argument(
+        "--max-adapter-wait-seconds",
+        type=float,
+        default=defaults.max_adapter_wait_seconds,
+        metavar="S",
+        help="longest a Generate with min_adapter_version and no deadline waits for that version (default %(default)s)",
+    )
+
+
+def _check_scale_out(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.role == Role.BOTH.value and args.adapter_store is not None:
+        parser.error("--adapter-store needs --role trainer or --role sampler")
+    if args.role != Role.BOTH.value and args.adapter_store is None:
+        parser.error(f"--role {args.role} needs --adapter-store")
+    if args.trainer_address is not None and args.role != Role.SAMPLER.value:
+        parser.error("--trainer-address is for --role sampler")
+    if args.max_adapter_wait_seconds < 0:
+        parser.error(f"--max-adapter-wait-seconds must be at least 0, got {args.max_adapter_wait_seconds:g}")
 
 
 def _auth_token(parser: argparse.ArgumentParser, path: Path | None) -> str | None:
@@ -86,7 +116,9 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
     )
     _add_limit_flags(parser)
     _add_security_flags(parser)
+    _add_scale_out_flags(parser, defaults)
     args = parser.parse_args(argv)
+    _check_scale_out(parser, args)
     if args.torch_threads is not None and args.torch_threads < 1:
         parser.error(f"--torch-threads must be at least 1, got {args.torch_threads}")
     for limit in fields(Limits):
@@ -108,13 +140,19 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         tls=_tls(parser, args),
         reflection=not args.no_reflection,
         health_port=args.health_port,
+        role=Role(args.role),
+        adapter_store=args.adapter_store,
+        trainer_address=args.trainer_address,
+        max_adapter_wait_seconds=args.max_adapter_wait_seconds,
         torch_threads=args.torch_threads,
     )
 
 
 def main() -> None:
+    from service.runtime.engines.vllm_backend import configure_process
     from service.server import serve  # after logging is configured; imports torch
 
+    configure_process()
     asyncio.run(serve(parse_config()))
 
 

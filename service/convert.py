@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 from tandem.v1 import tandem_pb2 as pb
 
+from service.config import Role
 from service.errors import InvalidArgument
 from service.runtime import specs
 
@@ -30,6 +31,7 @@ LOSS_FROM_PB = {
 }
 PHASE_TO_PB = {phase: pb.LoadPhase.Value(f"LOAD_PHASE_{phase.name}") for phase in specs.LoadPhase}
 FINISH_TO_PB = {reason: pb.FinishReason.Value(f"FINISH_REASON_{reason.name}") for reason in specs.FinishReason}
+ROLE_TO_PB = {Role.BOTH: pb.SERVER_ROLE_BOTH, Role.TRAINER: pb.SERVER_ROLE_TRAINER, Role.SAMPLER: pb.SERVER_ROLE_SAMPLER}
 OUTCOME_TO_PB = {outcome: pb.StepOutcome.Value(f"STEP_OUTCOME_{outcome.name}") for outcome in specs.StepOutcome}
 
 
@@ -71,6 +73,7 @@ def load_spec(request: pb.LoadModelRequest) -> specs.LoadSpec:
         "gradient_checkpointing",
         "standby",
         "max_loras",
+        "publish_every_steps",
     )
     return _set_fields(
         request,
@@ -140,6 +143,7 @@ def train_spec(request: pb.TrainStepRequest) -> specs.TrainSpec:
     optimizer = _set_fields(request.optimizer, specs.OptimizerSpec)
     return specs.TrainSpec(sequences=sequences, loss=loss, optimizer=optimizer, accumulate=request.accumulate)
 
+
 def tokenize_spec(request: pb.TokenizeRequest) -> specs.TokenizeSpec:
     """TokenizeRequest -> TokenizeSpec."""
     inputs = []
@@ -193,6 +197,7 @@ def model_info(model: specs.ModelDescription) -> pb.ModelInfo:
         special_tokens=special_tokens(model.special_tokens),
     )
 
+
 def special_tokens(tokens: specs.SpecialTokens) -> pb.SpecialTokens:
     """SpecialTokens (domain) -> SpecialTokens (protobuf); None ids stay unset."""
     ids = {f.name: getattr(tokens, f.name) for f in fields(tokens) if f.name.endswith("_token_id")}
@@ -201,6 +206,15 @@ def special_tokens(tokens: specs.SpecialTokens) -> pb.SpecialTokens:
         all_special_ids=list(tokens.all_special_ids),
         has_chat_template=tokens.has_chat_template,
     )
+
+
+def get_model_response(model: specs.ModelDescription | None, role: specs.RoleDescription) -> pb.GetModelResponse:
+    """The loaded model (or none) and this server's role -> GetModelResponse."""
+    response = pb.GetModelResponse(loaded=model is not None, role=ROLE_TO_PB[role.role], trainer_address=role.trainer_address)
+    if model is not None:
+        response.model.CopyFrom(model_info(model))
+        response.model.published_adapter_version = role.published_adapter_version
+    return response
 
 
 def load_event(event: specs.LoadProgress | specs.ModelDescription) -> pb.LoadModelResponse:

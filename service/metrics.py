@@ -20,6 +20,8 @@ from service.runtime.specs import StepOutcome, TrainResult
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 SYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+PUBLISH_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
+PUBLISH_OUTCOMES = ("written", "failed")
 PHASE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 STEP_PHASES = ("queue", "prepare", "forward_backward")
 """TrainStep phases every step goes through; an applied step also runs OPTIMIZER_PHASES."""
@@ -80,7 +82,18 @@ class Metrics:
             self.train_phase_seconds.labels(phase)
         self.train_loss = Gauge("tandem_train_loss", "Loss of the last TrainStep with a finite loss.", registry=registry)
         self.train_grad_norm = Gauge("tandem_train_grad_norm", "Gradient norm (before clipping) of the last applied optimizer step.", registry=registry)
-        self.adapter_version = Gauge("tandem_adapter_version", "Version of the adapter being trained.", registry=registry)
+        self.adapter_version = Gauge("tandem_adapter_version", "Version of the adapter being trained (sampler role: being served).", registry=registry)
+        self.adapter_publish_lag_seconds = Histogram(
+            "tandem_adapter_publish_lag_seconds",
+            "Sampler role: seconds from a version's publish to the adapter store until this server serves it.",
+            buckets=PUBLISH_LAG_BUCKETS,
+            registry=registry,
+        )
+        self.adapter_publishes = Counter(
+            "tandem_adapter_publishes_total", "Trainer role: adapter versions published to the adapter store, by outcome.", ["outcome"], registry=registry
+        )
+        for outcome in PUBLISH_OUTCOMES:
+            self.adapter_publishes.labels(outcome)
         self.lora_sync_seconds = Histogram(
             "tandem_lora_sync_seconds", "Seconds to bring a new adapter to the engine.", buckets=SYNC_BUCKETS, registry=registry
         )

@@ -147,7 +147,7 @@ class CheckpointStore:
         directory = self._existing(name)
         doomed = self.root / f"{_OLD_PREFIX}{name}-{secrets.token_hex(4)}"
         os.rename(directory, doomed)
-        _fsync_path(self.root)
+        fsync_path(self.root)
         shutil.rmtree(doomed)
 
     def recover(self) -> None:
@@ -165,7 +165,7 @@ class CheckpointStore:
                     log.warning("restored checkpoint %r that an interrupted overwrite had moved aside", name)
                 else:
                     shutil.rmtree(entry, ignore_errors=True)
-        _fsync_path(self.root)
+        fsync_path(self.root)
 
     def _existing(self, name: str) -> Path:
         directory = self.directory(name)
@@ -194,8 +194,8 @@ def _write_files(directory: Path, contents: CheckpointContents) -> None:
     torch.save(contents.training_state, directory / TRAINING_STATE_FILE)
     (directory / METADATA_FILE).write_text(contents.metadata.to_json())
     for path in directory.iterdir():
-        _fsync_path(path)
-    _fsync_path(directory)
+        fsync_path(path)
+    fsync_path(directory)
 
 
 def _swap_in(staging: Path, final: Path) -> None:
@@ -205,7 +205,7 @@ def _swap_in(staging: Path, final: Path) -> None:
         old = final.parent / f"{_OLD_PREFIX}{final.name}-{secrets.token_hex(4)}"
         os.rename(final, old)
     os.rename(staging, final)
-    _fsync_path(final.parent)
+    fsync_path(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -222,7 +222,7 @@ def _summary(metadata: CheckpointMetadata, directory: Path) -> AdapterCheckpoint
     )
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """Flush a file's or directory's contents to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from service.config import Role
+
 TINY_MODEL_NAME = "tandem/tiny"
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BASE_ADAPTER = "base"
@@ -59,6 +61,8 @@ class LoadSpec:
     gradient_checkpointing: bool = False
     standby: bool = False
     max_loras: int = 1
+    publish_every_steps: int = 1
+    """Trainer role: publish the adapter after every this many optimizer steps (and after LoadAdapter); 0 = never."""
 
 
 @dataclass(frozen=True)
@@ -292,6 +296,19 @@ class ModelDescription:
     standby: bool
     special_tokens: SpecialTokens = field(default_factory=SpecialTokens)
     """The tokenizer's special token ids (see :func:`service.runtime.tokenization.special_tokens`)."""
+    publish_every_steps: int = 1
+    """The LoadSpec's: how often a trainer publishes (see :class:`service.runtime.adapter_publishing.AdapterPublisher`)."""
+
+
+@dataclass(frozen=True)
+class RoleDescription:
+    """This server's part in a trainer/sampler deployment (GetModel)."""
+
+    role: Role
+    trainer_address: str
+    """Sampler role: where TrainStep goes; "" otherwise or when not configured."""
+    published_adapter_version: int
+    """Newest version in the adapter store (trainer: last written; sampler: newest seen); 0 without a store."""
 
 
 class LoadPhase(enum.Enum):
@@ -337,6 +354,7 @@ class RestoredAdapter:
     checkpoint: AdapterCheckpoint
     adapter_version: int
     step: int
+
 
 # --- Tokenize / Detokenize ----------------------------------------------------------------------
 
