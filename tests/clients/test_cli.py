@@ -129,3 +129,20 @@ def test_flags_go_before_or_after_the_command(server: ServerProcess) -> None:
 def test_every_command_has_help(command: list[str]) -> None:
     result = subprocess.run([sys.executable, "-m", "tandem.cli", *command, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "usage: tandem" in result.stdout
+
+
+def test_tokenize_and_detokenize_round_trip(server: ServerProcess, tmp_path: Path) -> None:
+    with tandem.Client(server.address) as client:
+        (expected,) = client.tokenize("The people")
+    result = cli(server, "tokenize", "The people")
+    assert result.returncode == 0, result.stderr
+    assert [int(token) for token in result.stdout.split()] == list(expected.ids)
+    back = cli(server, "detokenize", *result.stdout.split(), "--skip-special-tokens")
+    assert back.returncode == 0 and back.stdout == "The people\n", back.stderr
+    document = cli_json(server, "tokenize", "The people", "--no-special-tokens", "--offsets")
+    (only,) = document["results"]
+    assert only["ids"] == list(expected.ids)[1:] and only["offsets"][0] == {"start": 0, "end": 3}
+    chat = tmp_path / "chat.json"
+    chat.write_text(json.dumps([{"role": "user", "content": "hi"}]))
+    refused = cli(server, "tokenize", "--chat", str(chat))
+    assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr and "chat template" in refused.stderr

@@ -5,6 +5,8 @@
     tandem generate "The people" --max-tokens 16 --temperature 0
     tandem train sft.jsonl --lr 1e-3 --batch-size 8
     tandem adapters save step-100
+    tandem tokenize "The people" --offsets
+    tandem detokenize 1 74 130
     tandem --json adapters list
 
 Connection flags (``--target``, ``--token``, TLS) and ``--json`` go before or
@@ -235,6 +237,39 @@ def cmd_adapters(client: Client, args: argparse.Namespace) -> None:
         emit(args, {"deleted": args.name}, f"deleted {args.name}")
 
 
+def read_chat(path: str) -> list[dict[str, str]]:
+    """A conversation from a JSON file ("-" = stdin): a list of {"role": ..., "content": ...} messages."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    try:
+        messages = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not JSON: {error}") from None
+    if not isinstance(messages, list):
+        raise ValueError(f"{path}: expected a list of chat messages")
+    return messages
+
+
+def cmd_tokenize(client: Client, args: argparse.Namespace) -> None:
+    """Token ids of the texts (and the --chat conversation), one line of ids per input."""
+    inputs: list[Any] = list(args.texts) + ([read_chat(args.chat)] if args.chat else [])
+    results = client.tokenize(
+        inputs, add_special_tokens=args.add_special_tokens, add_generation_prompt=args.add_generation_prompt, return_offsets=args.offsets
+    )
+    lines = []
+    for result in results:
+        if args.offsets:
+            lines.append(" ".join(f"{token}@{span.start}:{span.end}" for token, span in zip(result.ids, result.offsets, strict=True)))
+        else:
+            lines.append(" ".join(str(token) for token in result.ids))
+    emit(args, to_json(pb.TokenizeResponse(results=results)), "\n".join(lines))
+
+
+def cmd_detokenize(client: Client, args: argparse.Namespace) -> None:
+    """The text of one list of token ids."""
+    texts = client.detokenize([args.ids], skip_special_tokens=args.skip_special_tokens)
+    emit(args, {"texts": texts}, texts[0])
+
+
 def add_common_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
     """Connection and output flags; on subcommands they default to SUPPRESS so the top-level values stand."""
 
@@ -303,6 +338,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-grad-norm", type=float)
     train.add_argument("--batch-size", type=int, default=8, help="sequences per step (default %(default)s)")
     train.add_argument("--epochs", type=int, default=1, help="passes over the file (default %(default)s)")
+
+    tokenize = command("tokenize", cmd_tokenize, "token ids of texts or a conversation, with the served model's tokenizer")
+    tokenize.add_argument("texts", nargs="*", metavar="TEXT")
+    tokenize.add_argument("--chat", metavar="FILE", help='also tokenize a conversation: a JSON list of {"role": ..., "content": ...} ("-" for stdin)')
+    tokenize.add_argument("--add-generation-prompt", action="store_true", help="end the conversation with the template's cue for the assistant")
+    tokenize.add_argument(
+        "--special-tokens", dest="add_special_tokens", action=argparse.BooleanOptionalAction, default=None, help="add BOS etc. (default: yes for text)"
+    )
+    tokenize.add_argument("--offsets", action="store_true", help="print each id as ID@START:END (character span)")
+    detokenize = command("detokenize", cmd_detokenize, "the text of a list of token ids")
+    detokenize.add_argument("ids", nargs="+", type=int, metavar="ID")
+    detokenize.add_argument("--skip-special-tokens", action="store_true", help="leave BOS, EOS, padding ... out of the text")
 
     adapters = command("adapters", cmd_adapters, "list, save, load or delete adapter checkpoints")
     actions = adapters.add_subparsers(dest="action", required=True, metavar="ACTION")
