@@ -3,7 +3,8 @@
 Every test here is marked ``gpu`` (the default pytest run deselects them) and
 skips without a CUDA GPU and vLLM. The engine runs eagerly (no torch.compile,
 no CUDA graphs) so it starts in seconds; the benchmark program measures the
-compiled engine.
+compiled engine. vLLM's engine core (and the trainer) run in a child process
+started with ``spawn``, as under ``python -m service``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ async def controller(gpu_cache: Path) -> AsyncIterator[Controller]:
     """A runtime with the 1.1B model on the vLLM engine: 4-bit, LoRA rank 64, standby on, one saved-adapter slot."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(vllm_backend, "OPTIONS", vllm_backend.VllmOptions(enforce_eager=True, max_num_seqs=64))
+        vllm_backend.configure_process()
         runtime = Controller(ServerConfig(cache_dir=gpu_cache, startup_model=None), Metrics(CollectorRegistry()))
         runtime.start()
         spec = LoadSpec(
@@ -62,4 +64,4 @@ async def controller(gpu_cache: Path) -> AsyncIterator[Controller]:
         )
         await load(runtime, spec)
         yield runtime
-        runtime.stop()
+        await runtime.stop()

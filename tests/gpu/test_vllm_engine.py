@@ -1,29 +1,34 @@
-"""The vLLM engine on a GPU: one copy of the base, continuous batching, abort, in-memory adapter sync, standby.
+"""The vLLM engine on a GPU: one copy of the base, continuous batching, abort, in-memory adapter sync, standby, engine death.
 
-Runs in-process on the runtime (Controller + device loop + vLLM), on the
-1.1B-shaped random model in 4 bits with a rank-64 LoRA. Figures the test
-record quotes are printed (run with ``-rP`` to see them).
+Runs on the runtime (Controller + vLLM host): AsyncLLM in the test process,
+the engine core and the trainer in vLLM's child process, on the 1.1B-shaped
+random model in 4 bits with a rank-64 LoRA. Reads of the trainer go to the
+engine's process (``probes.py``). Figures the test record quotes are printed
+(run with ``-rP`` to see them). The engine-death test runs last: it kills the
+engine's process and loads the model again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
 import time
 import uuid
 
-import bitsandbytes as bnb
+import psutil
 import pytest
 import torch
 
+from service.errors import Unavailable
 from service.runtime.controller import Controller
-from service.runtime.engines import vllm_available
+from service.runtime.host import vllm_available
 
 if not vllm_available():
     pytest.skip("needs a CUDA GPU and vLLM (pip install .[gpu])", allow_module_level=True)
 
-from service.runtime.engines.vllm_backend import model_runner  # noqa: E402
-from service.runtime.engines.vllm_engine import TRAINED_LORA_ID, VllmEngine  # noqa: E402
-from service.runtime.memory import base_weight_tensors  # noqa: E402
+from service.runtime.engines.worker_calls import TRAINED_LORA_ID  # noqa: E402
 from service.runtime.specs import (  # noqa: E402
     EngineKind,
     GenerateSpec,
@@ -35,6 +40,8 @@ from service.runtime.specs import (  # noqa: E402
     TrainSequenceSpec,
     TrainSpec,
 )
+from tests.gpu import probes  # noqa: E402
+from tests.gpu.conftest import load  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -44,17 +51,18 @@ LOGPROB_TOLERANCE = 0.1
 weights, but different kernels (FlashAttention vs SDPA, punica vs PEFT LoRA in fp32, bnb GEMV vs dequantize)."""
 
 
-def loaded(controller: Controller):
-    """The runtime's loaded model (test access to its internals)."""
-    return controller._model
+def front_gpu_mib() -> int:
+    """GPU memory nvidia-smi attributes to this (the server's) process."""
+    out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"], capture_output=True, text=True).stdout
+    return sum(int(used) for pid, used in (line.split(",") for line in out.splitlines() if line.strip()) if int(pid) == os.getpid())
 
 
 def greedy(max_tokens: int) -> SamplingSpec:
     return SamplingSpec(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, logprobs=0)
 
 
-async def generate(controller: Controller, prompts, sampling: SamplingSpec, adapter: str = "") -> list[SampleChunk]:
-    spec = GenerateSpec(prompts=tuple(PromptSpec(token_ids=tuple(p)) for p in prompts), sampling=sampling, adapter=adapter)
+async def generate(controller: Controller, prompts, sampling: SamplingSpec, adapter: str = "", token_ids_only: bool = False) -> list[SampleChunk]:
+    spec = GenerateSpec(prompts=tuple(PromptSpec(token_ids=tuple(p)) for p in prompts), sampling=sampling, adapter=adapter, token_ids_only=token_ids_only)
     return [chunk async for chunk in controller.generate(spec)]
 
 
@@ -66,23 +74,17 @@ def logprobs_of(chunks: list[SampleChunk], prompt_index: int = 0) -> list[float]
     return [lp.logprob for c in chunks if c.prompt_index == prompt_index for lp in c.logprobs]
 
 
-async def on_device(controller: Controller, fn):
-    """Run ``fn()`` on the device thread, between engine steps."""
-    return await controller._device.call(fn)
-
-
-def engine_sequence_logprobs(engine: VllmEngine, ids: list[int], lora) -> list[float]:
+async def engine_sequence_logprobs(controller: Controller, ids: list[int], lora) -> list[float]:
     """vLLM's own logprob of each token of ``ids`` after the first (prompt logprobs), under ``lora``."""
     from vllm import SamplingParams
-    from vllm.inputs import tokens_input
+    from vllm.inputs import TokensPrompt
 
     request_id = f"score-{uuid.uuid4().hex}"
     params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-    engine.llm_engine.add_request(request_id, tokens_input(list(ids), cache_salt=request_id), params, lora_request=lora)
-    while True:
-        for output in engine.llm_engine.step():
-            if output.request_id == request_id and output.finished:
-                return [float(position[token].logprob) for token, position in zip(ids[1:], output.prompt_logprobs[1:])]
+    final = None
+    async for output in controller.host._llm.generate(TokensPrompt(prompt_token_ids=list(ids), cache_salt=request_id), params, request_id, lora_request=lora):
+        final = output
+    return [float(position[token].logprob) for token, position in zip(ids[1:], final.prompt_logprobs[1:])]
 
 
 def trained_lora():
@@ -101,26 +103,24 @@ async def train_on(controller: Controller, ids: list[int], learning_rate: float,
 
 
 async def test_the_engine_is_vllm_and_the_trainer_shares_its_base_weights(controller: Controller) -> None:
-    description = controller.describe()
-    model = loaded(controller)
+    description = await controller.describe()
     assert description.engine is EngineKind.VLLM
     assert description.memory.base_weight_copies == 1
-    vllm_model = model_runner(model.engine.llm_engine).get_model()
-    vllm_storages = {p.untyped_storage().data_ptr() for p in vllm_model.parameters()}
-    trainer_base = [p for p in model.model.parameters() if not p.requires_grad]
-    assert trainer_base, "the trainer has no frozen base weights"
-    not_shared = [tuple(p.shape) for p in trainer_base if p.untyped_storage().data_ptr() not in vllm_storages]
-    assert not_shared == [], f"trainer weights not on vLLM's storage: {not_shared[:5]}"
-    four_bit = [m for m in model.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert len(four_bit) == 22 * 7
+    sharing = await controller.host.inspect(probes.weight_sharing)
+    assert sharing["frozen"], "the trainer has no frozen base weights"
+    assert sharing["not_shared"] == [], f"trainer weights not on vLLM's storage: {sharing['not_shared'][:5]}"
+    assert sharing["linear4bit"] == 22 * 7
+    assert sharing["base_tensors"] > 0
+    engine_pids = [c.pid for c in psutil.Process().children(recursive=True)]
+    assert engine_pids, "vLLM's engine core should run in a child process"
     memory = description.memory
     print(
         f"base_weights={memory.base_weights_bytes / 2**30:.3f} GiB adapter={memory.adapter_bytes / 2**30:.3f} GiB "
-        f"kv_cache={memory.kv_cache_bytes / 2**30:.2f} GiB allocated={memory.device_allocated_bytes / 2**30:.2f} GiB"
+        f"kv_cache={memory.kv_cache_bytes / 2**30:.2f} GiB allocated={memory.device_allocated_bytes / 2**30:.2f} GiB (engine process)"
     )
     assert 0.5 * 2**30 < memory.base_weights_bytes < 1.5 * 2**30
     assert memory.kv_cache_bytes > 2**30
-    assert sum(t.numel() for t in base_weight_tensors(model.model)) > 0
+    print(f"server process: CUDA initialized={torch.cuda.is_initialized()}, GPU memory {front_gpu_mib()} MiB (engine process holds the model)")
 
 
 async def test_a_generate_joins_a_running_one_and_finishes_first(controller: Controller) -> None:
@@ -147,7 +147,6 @@ async def test_a_lone_sample_streams_every_token_and_a_large_batch_streams_in_ch
 
 
 async def test_a_cancelled_generate_is_aborted_in_the_engine(controller: Controller) -> None:
-    engine = loaded(controller).engine
     stream = controller.generate(GenerateSpec(prompts=(PromptSpec(token_ids=PROMPT),) * 8, sampling=greedy(900)))
     received = 0
     async for chunk in stream:
@@ -155,29 +154,36 @@ async def test_a_cancelled_generate_is_aborted_in_the_engine(controller: Control
         if received >= 40:
             break
     await stream.aclose()
+    output_processor = controller.host._llm.output_processor
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and await on_device(controller, engine.llm_engine.get_num_unfinished_requests):
+    while time.monotonic() < deadline and output_processor.get_num_unfinished_requests():
         await asyncio.sleep(0.05)
-    assert await on_device(controller, engine.llm_engine.get_num_unfinished_requests) == 0
-    assert engine.running_requests() == 0
+    assert output_processor.get_num_unfinished_requests() == 0
+    assert controller.host.running_requests() == 0
+
+
+async def test_token_ids_only_returns_the_same_tokens_without_text(controller: Controller) -> None:
+    with_text = await generate(controller, [PROMPT], greedy(24))
+    ids_only = await generate(controller, [PROMPT], greedy(24), token_ids_only=True)
+    assert tokens_of(ids_only) == tokens_of(with_text)
+    assert "".join(c.text for c in ids_only) == ""
+    assert "".join(c.text for c in with_text) != ""
 
 
 async def test_after_a_sync_the_engine_matches_the_trainer_and_differs_from_the_old_adapter(controller: Controller) -> None:
-    model = loaded(controller)
-    engine = model.engine
     first = await generate(controller, [PROMPT], greedy(48))
     version_before = first[0].adapter_version
     continuation = tokens_of(first)
     ids = [*PROMPT, *continuation]
     tail = len(continuation)
-    engine_before = await on_device(controller, lambda: engine_sequence_logprobs(engine, ids, trained_lora()))
+    engine_before = await engine_sequence_logprobs(controller, ids, trained_lora())
     trainer_before = (await controller.compute_logprobs([ids], ""))[0][0][1:]
     assert max(abs(a - b) for a, b in zip(logprobs_of(first), engine_before[-tail:])) < LOGPROB_TOLERANCE
 
     result = await train_on(controller, ids, learning_rate=1e-2, steps=2)
     assert result.adapter_version == version_before + 2
     assert result.seconds.sync > 0
-    engine_after = await on_device(controller, lambda: engine_sequence_logprobs(engine, ids, trained_lora()))
+    engine_after = await engine_sequence_logprobs(controller, ids, trained_lora())
     trainer_after = (await controller.compute_logprobs([ids], ""))[0][0][1:]
 
     match_before = max(abs(a - b) for a, b in zip(engine_before, trainer_before))
@@ -190,7 +196,7 @@ async def test_after_a_sync_the_engine_matches_the_trainer_and_differs_from_the_
 
     second = await generate(controller, [PROMPT], greedy(4))
     assert {c.adapter_version for c in second} == {result.adapter_version}
-    assert engine.sync_seconds and engine.sync_seconds[-1] < 0.05
+    assert result.seconds.sync < 0.05
 
 
 async def test_base_selector_samples_without_the_adapter(controller: Controller) -> None:
@@ -203,30 +209,47 @@ async def test_base_selector_samples_without_the_adapter(controller: Controller)
 
 
 async def test_standby_releases_the_kv_cache_during_a_train_step_and_keeps_the_weights(controller: Controller) -> None:
-    model = loaded(controller)
-    engine = model.engine
     before = tokens_of(await generate(controller, [PROMPT], greedy(32)))
-    weights = [p.data_ptr() for p in model.model.parameters() if not p.requires_grad]
+    weights = await controller.host.inspect(probes.frozen_pointers)
     result = await train_on(controller, [*PROMPT, *before], learning_rate=0.0)
     assert torch.isfinite(torch.tensor(result.loss))
-    released = engine.standby.released_bytes
-    kv_bytes = controller.describe().memory.kv_cache_bytes
+    released = await controller.host.inspect(probes.standby_released_bytes)
+    kv_bytes = (await controller.describe()).memory.kv_cache_bytes
     print(f"standby released {released / 2**30:.2f} GiB of a {kv_bytes / 2**30:.2f} GiB KV cache")
     assert released >= 0.9 * kv_bytes
-    assert [p.data_ptr() for p in model.model.parameters() if not p.requires_grad] == weights
+    assert await controller.host.inspect(probes.frozen_pointers) == weights
     after = tokens_of(await generate(controller, [PROMPT], greedy(32)))
     assert after == before, "with lr=0 the adapter is unchanged, so greedy output must be too"
 
 
-async def test_a_saved_adapter_loaded_from_disk_samples_like_the_in_memory_one(controller: Controller, tmp_path) -> None:
-    model = loaded(controller)
-    engine = model.engine
-    model.model.save_pretrained(tmp_path / "saved")
-    await on_device(controller, lambda: engine.add_adapter("saved", tmp_path / "saved"))
-    ids = [*PROMPT, *range(600, 632)]
-    in_memory = await on_device(controller, lambda: engine_sequence_logprobs(engine, ids, trained_lora()))
-    from_disk = await on_device(controller, lambda: engine_sequence_logprobs(engine, ids, engine._saved["saved"]))
-    await on_device(controller, lambda: engine.remove_adapter("saved"))
-    gap = max(abs(a - b) for a, b in zip(in_memory, from_disk))
+async def test_a_saved_adapter_loaded_from_disk_samples_like_the_in_memory_one(controller: Controller) -> None:
+    await controller.save_adapter("gpu-saved", overwrite=True)
+    in_memory = await generate(controller, [PROMPT], greedy(32))
+    from_disk = await generate(controller, [PROMPT], greedy(32), adapter="gpu-saved")
+    gap = max(abs(a - b) for a, b in zip(logprobs_of(in_memory), logprobs_of(from_disk)))
     print(f"max |in-memory - from-disk| = {gap:.5f} nats")
     assert gap < 0.02
+    await controller.delete_adapter("gpu-saved")
+
+
+async def test_zz_a_killed_engine_process_is_seen_at_once_and_load_model_starts_it_again(controller: Controller) -> None:
+    spec = controller.host.spec
+    running = asyncio.create_task(generate(controller, [PROMPT] * 4, greedy(2000)))
+    await asyncio.sleep(1.0)
+    children = psutil.Process().children(recursive=True)
+    assert children
+    killed_at = time.monotonic()
+    for child in children:
+        os.kill(child.pid, signal.SIGKILL)
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(running, timeout=10)
+    while controller.loaded and time.monotonic() - killed_at < 5:
+        await asyncio.sleep(0.05)
+    seen_after = time.monotonic() - killed_at
+    print(f"engine death seen after {seen_after:.2f} s")
+    assert not controller.loaded, "readiness must drop once the engine's process is gone"
+    with pytest.raises(Unavailable):
+        await generate(controller, [PROMPT], greedy(4))
+    await load(controller, spec)
+    assert controller.loaded
+    assert len(tokens_of(await generate(controller, [PROMPT], greedy(8)))) == 8

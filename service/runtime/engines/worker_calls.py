@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import pickle
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from service.errors import EngineFailed, InvalidArgument, TandemError
@@ -21,25 +22,44 @@ from service.errors import EngineFailed, InvalidArgument, TandemError
 log = logging.getLogger(__name__)
 
 
+TRAINED_LORA_ID = 1
+"""vLLM's id of the trained adapter; saved adapters get ids above it."""
+
+
+@dataclass(frozen=True)
+class BuiltTrainer:
+    """What the front process learns when the trainer has been built in the engine's process."""
+
+    eos_token_ids: tuple[int, ...]
+    vocab_size: int
+    layers: int
+    seconds: float
+
+
 def encode_call(fn: Callable[..., Any], args: tuple) -> bytes:
     """What the front process sends: ``fn(loaded, *args)`` to run in the engine's process."""
     return pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def run_encoded(loaded, payload: bytes) -> bytes:
-    """Run an encoded call on ``loaded`` (the engine process's LoadedModel, or None) and encode the reply."""
+def encode_build(spec, model_dir: str) -> bytes:
+    """What the front process sends to build the trainer (the builder is the engine process's own)."""
+    return pickle.dumps((None, (spec, model_dir)), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def run_encoded(payload: bytes, target: Any, adapter_version: Callable[[], int], fn: Callable[..., Any] | None = None) -> bytes:
+    """Run an encoded call on ``target`` (the engine process's LoadedModel or worker; None: nothing built)
+    and encode the reply with ``adapter_version()`` after it. ``fn`` replaces an encoded function of None."""
     try:
-        if loaded is None:
+        if target is None:
             raise EngineFailed("the engine process holds no model: call LoadModel again")
-        fn, args = pickle.loads(payload)
-        reply: tuple = ("ok", fn(loaded, *args))
+        encoded_fn, args = pickle.loads(payload)
+        reply: tuple = ("ok", (fn or encoded_fn)(target, *args))
     except TandemError as error:
         reply = ("error", (type(error), str(error), getattr(error, "field", None)))
     except Exception as error:  # noqa: BLE001 - crosses the process boundary as EngineFailed
         log.exception("model work failed in the engine process")
         reply = ("error", (EngineFailed, f"{type(error).__name__}: {error}", None))
-    version = 0 if loaded is None else loaded.state.adapter_version
-    return pickle.dumps((*reply, version), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((*reply, adapter_version()), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def decode_reply(reply: bytes) -> tuple[Any, int]:
