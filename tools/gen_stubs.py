@@ -1,11 +1,13 @@
-"""Generate the Python and Go stubs from proto/ (the one generation command).
+"""Generate the Python and Go stubs and the descriptor set from proto/ (the one generation command).
 
     python tools/gen_stubs.py            # writes into the repository
     python tools/gen_stubs.py --out DIR  # writes under DIR (the staleness test)
 
-Python stubs go to clients/python/src/ (package ``tandem.v1``), Go stubs to
-clients/go/gen/. Go generation needs protoc-gen-go and protoc-gen-go-grpc on
-PATH; ``--python-only`` skips it.
+Python stubs go to clients/python/src/ (package ``tandem.v1``), beside them
+``tandem.protoset``: every file with its imports and comments, for tools that
+take a descriptor set because their parser predates proto3 ``optional`` (ghz).
+Go stubs go to clients/go/gen/. Go generation needs protoc-gen-go and
+protoc-gen-go-grpc on PATH; ``--python-only`` skips it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from grpc_tools import protoc
 REPO = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO / "proto"
 PYTHON_OUT = Path("clients/python/src")
+PROTOSET = PYTHON_OUT / "tandem/v1/tandem.protoset"
 GO_OUT = Path("clients/go/gen")
 GO_MODULE_PREFIX = "github.com/tandem-ai/tandem/clients/go/gen"
 
@@ -47,6 +50,13 @@ def generate_python(out_root: Path) -> None:
         (package / "__init__.py").touch()
 
 
+def generate_protoset(out_root: Path) -> None:
+    """Write the FileDescriptorSet of proto/ with its imports and source comments (shipped with the Python client)."""
+    out = out_root / PROTOSET
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run_protoc(["--include_imports", "--include_source_info", f"--descriptor_set_out={out}"])
+
+
 def generate_go(out_root: Path) -> None:
     """Write the Go message and service stubs."""
     for plugin in ("protoc-gen-go", "protoc-gen-go-grpc"):
@@ -70,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--python-only", action="store_true", help="skip the Go stubs")
     args = parser.parse_args(argv)
     generate_python(args.out)
+    generate_protoset(args.out)
     if not args.python_only:
         generate_go(args.out)
 

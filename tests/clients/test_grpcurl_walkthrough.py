@@ -52,6 +52,7 @@ class Walkthrough:
         checkers: dict[str, Callable[[str], None]] = {
             "list": self.listed,
             "tandem.v1.TandemService": self.described,
+            "tandem.v1.TandemService.Generate": self.described_method,
             "grpc.health.v1.Health/Check": self.healthy,
             "tandem.v1.TandemService/LoadModel": self.loaded,
             "tandem.v1.TandemService/Generate": self.generated,
@@ -67,6 +68,9 @@ class Walkthrough:
     def described(self, output: str) -> None:
         for rpc in ("LoadModel", "Generate", "TrainStep", "ComputeLogprobs", "SaveAdapter"):
             assert f"rpc {rpc} (" in output
+
+    def described_method(self, output: str) -> None:
+        assert "rpc Generate ( .tandem.v1.GenerateRequest ) returns ( stream .tandem.v1.GenerateResponse );" in output
 
     def healthy(self, output: str) -> None:
         assert json_documents(output) == [{"status": "SERVING"}]
