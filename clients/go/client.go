@@ -203,3 +203,35 @@ func (c *Client) DeleteAdapter(ctx context.Context, name string) error {
 	_, err := c.stub.DeleteAdapter(ctx, &tandemv1.DeleteAdapterRequest{Name: name})
 	return err
 }
+
+// TextInputs makes one Tokenize input per text.
+func TextInputs(texts ...string) []*tandemv1.TokenizeInput {
+	inputs := make([]*tandemv1.TokenizeInput, len(texts))
+	for i, text := range texts {
+		inputs[i] = &tandemv1.TokenizeInput{Input: &tandemv1.TokenizeInput_Text{Text: text}}
+	}
+	return inputs
+}
+
+// Tokenize returns the served model's token ids for each input (a text, see
+// TextInputs, or a chat conversation rendered with the model's chat
+// template), in order.
+func (c *Client) Tokenize(ctx context.Context, req *tandemv1.TokenizeRequest) ([]*tandemv1.TokenizedInput, error) {
+	ctx, cancel := withDefault(ctx, c.deadlines.Call)
+	defer cancel()
+	reply, err := c.stub.Tokenize(ctx, req)
+	return reply.GetResults(), err
+}
+
+// Detokenize returns the text of each token id list, in order;
+// skipSpecialTokens leaves BOS, EOS, padding ... out of the text.
+func (c *Client) Detokenize(ctx context.Context, skipSpecialTokens bool, sequences ...[]uint32) ([]string, error) {
+	ctx, cancel := withDefault(ctx, c.deadlines.Call)
+	defer cancel()
+	req := &tandemv1.DetokenizeRequest{SkipSpecialTokens: skipSpecialTokens}
+	for _, ids := range sequences {
+		req.Sequences = append(req.Sequences, &tandemv1.TokenIds{Ids: ids})
+	}
+	reply, err := c.stub.Detokenize(ctx, req)
+	return reply.GetTexts(), err
+}

@@ -203,3 +203,30 @@ func TestMutualTLSAndToken(t *testing.T) {
 		t.Fatalf("without the token: %v, want Unauthenticated", err)
 	}
 }
+
+func TestTokenizeDetokenize(t *testing.T) {
+	client := liveClient(t)
+	ctx := context.Background()
+	model, err := client.GetModel(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	results, err := client.Tokenize(ctx, &tandemv1.TokenizeRequest{Inputs: tandem.TextInputs("The people", "A cat"), ReturnOffsets: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != 2 || results[0].GetIds()[0] != model.GetSpecialTokens().GetBosTokenId() || len(results[0].GetOffsets()) != len(results[0].GetIds()) {
+		t.Fatalf("tokenized %v", results)
+	}
+	texts, err := client.Detokenize(ctx, true, results[0].GetIds(), results[1].GetIds())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(texts) != 2 || texts[0] != "The people" || texts[1] != "A cat" {
+		t.Fatalf("detokenized %q", texts)
+	}
+	_, err = client.Detokenize(ctx, false, []uint32{model.GetVocabSize()})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "outside the vocabulary") {
+		t.Fatalf("got %v, want InvalidArgument naming the vocabulary", err)
+	}
+}

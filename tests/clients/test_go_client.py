@@ -49,7 +49,7 @@ def test_go_vet() -> None:
 def test_go_test_against_live_servers(server: ServerProcess, secure_env: dict[str, str]) -> None:
     result = go("test", "-count=1", "-v", "./...", env={"TANDEM_ADDR": server.address, **secure_env})
     passed = set(re.findall(r"--- PASS: (\w+)", result.stdout))
-    assert {"TestLoadGenerateTrainGenerate", "TestStoppingAStreamEarlyCancelsIt", "TestDeadlineExceeded", "TestMutualTLSAndToken"} <= passed
+    assert {"TestLoadGenerateTrainGenerate", "TestStoppingAStreamEarlyCancelsIt", "TestDeadlineExceeded", "TestMutualTLSAndToken", "TestTokenizeDetokenize"} <= passed
     assert "--- SKIP" not in result.stdout, "the servers' addresses reached the tests"
 
 

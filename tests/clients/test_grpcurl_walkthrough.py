@@ -57,6 +57,7 @@ class Walkthrough:
             "tandem.v1.TandemService/LoadModel": self.loaded,
             "tandem.v1.TandemService/Generate": self.generated,
             "tandem.v1.TandemService/TrainStep": self.trained,
+            "tandem.v1.TandemService/Tokenize": self.tokenized,
         }
         action = command.split()[-1]
         assert action in checkers, f"no check for {command!r}: add one"
@@ -89,6 +90,11 @@ class Walkthrough:
         versions = {int(chunk.get("adapter_version", 0)) for chunk in chunks}
         assert versions == {self.adapter_version}, "samples report the current adapter version"
         self.generations.append({"text": "".join(c.get("text", "") for c in chunks), "version": versions.pop()})
+
+    def tokenized(self, output: str) -> None:
+        ((result,),) = [document["results"] for document in json_documents(output)]
+        assert len(result["ids"]) >= 2 and all(isinstance(token, int) for token in result["ids"])
+        assert len(result["offsets"]) == len(result["ids"]) and result["offsets"][-1]["end"] == len("The people")
 
     def trained(self, output: str) -> None:
         (reply,) = json_documents(output)
