@@ -73,6 +73,7 @@ def main() -> int:
         parser.error("ghz is not installed (.ci/install.d/25-ghz.sh installs it)")
     data = generate_data(args.max_tokens)
 
+    load_before = os.getloadavg()
     levels = []
     with tempfile.TemporaryDirectory(prefix="tandem-ghz-") as scratch:
         server = start_server(Path(scratch) / "cache", Path(scratch) / "logs", *shlex.split(args.server_args))
@@ -105,6 +106,7 @@ def main() -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}",
         "command": shlex.join(["python", "tests/bench/ghz_bench.py", *sys.argv[1:]]),
+        "load_average_1_5_15_min_before": [round(load, 2) for load in load_before],
         "ghz": ghz_version(ghz),
         "settings": {k: v for k, v in vars(args).items() if k != "output"} | {"model": "tandem/tiny", "request": data},
         "levels": levels,
@@ -114,7 +116,7 @@ def main() -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2) + "\n")
 
-    print(f"ghz {record['ghz']}: Generate, {args.max_tokens} new tokens per call, on {record['machine']}")
+    print(f"ghz {record['ghz']}: Generate, {args.max_tokens} new tokens per call, on {record['machine']} (load {load_before[0]:.2f})")
     print(f"  {'concurrency':>11}  {'calls':>6}  {'calls/s':>8}  {'tokens/s':>9}  {'p50 ms':>8}  {'p99 ms':>8}  {'vs lowest':>9}  status codes")
     for level in levels:
         print(
