@@ -46,8 +46,8 @@ class Unavailable(TandemError):
     """The service is shutting down or the model is being replaced."""
 
 
-class Cancelled(TandemError):
-    """The work was aborted before it finished."""
+class EngineFailed(TandemError):
+    """The sampling engine raised something that is not a domain error; the message carries the engine's words."""
 
 
 # Error class name -> grpc.StatusCode member name. The server turns names into
@@ -60,7 +60,7 @@ STATUS_NAME_BY_ERROR: dict[type[TandemError], str] = {
     AlreadyExists: "ALREADY_EXISTS",
     ResourceExhausted: "RESOURCE_EXHAUSTED",
     Unavailable: "UNAVAILABLE",
-    Cancelled: "CANCELLED",
+    EngineFailed: "INTERNAL",
 }
 
 

@@ -7,6 +7,11 @@ A call is a barrier: samples already running finish first (so every sample
 comes from one adapter version), then the call runs, then generation resumes.
 A call whose caller has gone (cancelled, deadline passed) before it starts is
 skipped; a call that has started always runs to the end.
+Whatever fails reaches its waiter: a call's exception is its future's; a
+request the engine refuses (``add_request`` raises) ends its own Generate at
+once, the other samples untouched; a failed engine step ends every running
+sample's call. A domain error keeps its status; anything else the engine
+raises becomes :class:`~service.errors.EngineFailed` with the engine's message.
 So a Generate submitted after a TrainStep returned samples from the new
 adapter. Aborts skip the queue.
 
@@ -24,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from service.errors import Unavailable
+from service.errors import EngineFailed, TandemError, Unavailable
 from service.runtime.engines.base import Engine, EngineRequest
 from service.runtime.specs import SampleChunk
 
@@ -143,18 +148,19 @@ class DeviceLoop:
     def _run(self) -> None:
         while (item := self._next_item()) is not None:
             work, aborts = item
+            self._apply_aborts(aborts)
             try:
-                self._apply_aborts(aborts)
                 if isinstance(work, _Call):
                     self._run_call(work)
                 elif isinstance(work, _Admit):
                     self._admit(work)
                 else:
                     self._step_engine()
-            except Exception:  # keep the device thread alive whatever one piece of work does
+            except Exception:  # each kind of work tells its own waiters; this keeps the thread alive regardless
                 log.exception("device loop work failed")
 
     def _apply_aborts(self, request_ids: list[str]) -> None:
+        """Forget and stop samples whose callers left; a failure here must not cost the work item already taken."""
         if not request_ids:
             return
         not_running = [request_id for request_id in request_ids if self._inboxes.pop(request_id, None) is None]
@@ -163,19 +169,38 @@ class DeviceLoop:
                 queued = {r.request_id for item in self._queue if isinstance(item, _Admit) for r in item.requests}
             self._aborted_before_admission.update(queued.intersection(not_running))
         if self._engine is not None:
-            self._engine.abort(request_ids)
+            try:
+                self._engine.abort(request_ids)
+            except Exception:  # their callers have gone: nobody to tell
+                log.exception("engine abort failed")
 
     def _admit(self, admit: _Admit) -> None:
         if self._engine is not admit.engine:
             error = Unavailable("the model was replaced or unloaded while this request waited: send it again")
             _post([(admit.inbox, error)])
             return
+        added: list[str] = []
         for request in admit.requests:
             if request.request_id in self._aborted_before_admission:
                 self._aborted_before_admission.discard(request.request_id)
                 continue
+            try:
+                self._engine.add_request(request)
+            except Exception as error:
+                log.exception("the engine refused request %s; failing its call", request.request_id)
+                self._refuse(admit, added, error)
+                return
             self._inboxes[request.request_id] = admit.inbox
-            self._engine.add_request(request)
+            added.append(request.request_id)
+
+    def _refuse(self, admit: _Admit, added: list[str], error: Exception) -> None:
+        """End one Generate whose request the engine refused: its caller hears why, its other samples stop."""
+        for request_id in added:
+            del self._inboxes[request_id]
+        self._aborted_before_admission.difference_update(r.request_id for r in admit.requests)
+        _post([(admit.inbox, _engine_failure(error))])
+        if added:
+            self._engine.abort(added)
 
     def _step_engine(self) -> None:
         if self._engine is None:
@@ -195,11 +220,11 @@ class DeviceLoop:
                 self._inboxes.pop(request_id, None)
         _post(deliveries)
 
-    def _fail_running(self, error: BaseException) -> None:
+    def _fail_running(self, error: Exception) -> None:
         inboxes, self._inboxes = self._inboxes, {}
+        _post([(inbox, _engine_failure(error)) for inbox in set(inboxes.values())])
         if self._engine is not None:
             self._engine.abort(list(inboxes))
-        _post([(inbox, error) for inbox in set(inboxes.values())])
 
     @staticmethod
     def _run_call(call: _Call) -> None:
@@ -220,13 +245,23 @@ _DRAIN = object()
 """Marker: the engine has work (or must drain before the next call): step it."""
 
 
+def _engine_failure(error: Exception) -> TandemError:
+    """What a caller hears when the engine raised ``error``: a domain error as it is, else INTERNAL with the engine's words."""
+    if isinstance(error, TandemError):
+        return error
+    return EngineFailed(f"the sampling engine failed: {type(error).__name__}: {error}")
+
+
 def _post(deliveries: list[tuple[Inbox, SampleChunk | BaseException]]) -> None:
-    """Hand items to their inboxes with one thread-safe call per event loop."""
+    """Hand items to their inboxes with one thread-safe call per event loop (a closed loop costs only its own)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, SampleChunk | BaseException]]] = {}
     for inbox, item in deliveries:
         by_loop.setdefault(inbox.loop, []).append((inbox.queue, item))
     for loop, items in by_loop.items():
-        loop.call_soon_threadsafe(_deliver, items)
+        try:
+            loop.call_soon_threadsafe(_deliver, items)
+        except RuntimeError:  # the event loop is closed: its callers have gone
+            log.warning("dropped %d deliveries to a closed event loop", len(items))
 
 
 def _deliver(items: list[tuple[asyncio.Queue, SampleChunk | BaseException]]) -> None:

@@ -1,10 +1,18 @@
-"""The device loop's ordering guarantees, with the real transformers engine on the tiny model."""
+"""The device loop's ordering guarantees and failure delivery, with the real transformers engine on the tiny model.
+
+The failure tests inject faults (``monkeypatch`` on the engine's methods): the
+transformers engine accepts every request the controller lets through, so a
+refusal cannot be provoked with a real request on CPU.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 
+import pytest
+
+from service.errors import EngineFailed, InvalidArgument
 from service.runtime.device_loop import DeviceLoop, Inbox
 from service.runtime.engines.base import EngineRequest
 from service.runtime.specs import SampleChunk, SamplingSpec
@@ -55,6 +63,82 @@ async def test_samples_aborted_while_still_queued_never_start(engine):
     await loop.call(lambda: None)  # a barrier: had they been admitted, they would have run to the end by now
     await asyncio.sleep(0.05)
     assert inbox.queue.empty()
+    loop.stop()
+
+
+def refuse(engine, monkeypatch: pytest.MonkeyPatch, request_id: str, error: Exception) -> None:
+    """Injected fault: the engine's ``add_request`` raises ``error`` for ``request_id`` and accepts the rest."""
+    add_request = engine.add_request
+
+    def add_or_refuse(request: EngineRequest) -> None:
+        if request.request_id == request_id:
+            raise error
+        add_request(request)
+
+    monkeypatch.setattr(engine, "add_request", add_or_refuse)
+
+
+async def finished(inbox: Inbox, samples: int) -> list[SampleChunk]:
+    """Every chunk up to the last of ``samples`` samples' ends (fails the test on an error or after 10 s)."""
+    chunks: list[SampleChunk] = []
+    while sum(c.finish_reason is not None for c in chunks) < samples:
+        item = await asyncio.wait_for(inbox.queue.get(), 10)
+        assert isinstance(item, SampleChunk), item
+        chunks.append(item)
+    return chunks
+
+
+@pytest.mark.parametrize(
+    ("error", "expected", "message"),
+    [
+        (InvalidArgument("prompts[0]", "too long for the engine"), InvalidArgument, "prompts[0]: too long for the engine"),
+        (RuntimeError("KV cache exhausted"), EngineFailed, "the sampling engine failed: RuntimeError: KV cache exhausted"),
+    ],
+    ids=["domain-error", "other-error"],
+)
+async def test_a_refused_request_ends_its_call_at_once_and_no_other(engine, monkeypatch, error, expected, message):
+    loop = await started_loop(engine)
+    aio = asyncio.get_running_loop()
+    running = Inbox(aio, asyncio.Queue())
+    loop.admit(requests("running", 2, max_tokens=20), running, engine)
+    refused = Inbox(aio, asyncio.Queue())
+    doomed = requests("refused", 3)
+    refuse(engine, monkeypatch, doomed[1].request_id, error)  # the call's first sample is added before the refusal
+    loop.admit(doomed, refused, engine)
+    later = Inbox(aio, asyncio.Queue())
+    loop.admit(requests("later", 1), later, engine)
+
+    failure = await asyncio.wait_for(refused.queue.get(), 1.0)
+    assert isinstance(failure, expected) and str(failure) == message
+    await finished(running, 2)
+    await finished(later, 1)
+    await loop.call(lambda: None)
+    assert refused.queue.empty()  # the sample added before the refusal was aborted: no chunk of it
+    assert not engine.has_unfinished_requests()
+    loop.stop()
+
+
+async def test_work_taken_with_a_failing_abort_still_reaches_its_waiter(engine, monkeypatch):
+    """Injected fault: the engine's ``abort`` raises; the call taken together with that abort still runs and answers."""
+    loop = await started_loop(engine)
+    holding, gate = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        gate.wait()
+
+    blocker = loop.call(hold)
+    await asyncio.to_thread(holding.wait)  # the device thread is inside the blocker: what follows is taken together
+
+    def broken_abort(request_ids: list[str]) -> None:
+        raise RuntimeError("abort failed (injected)")
+
+    monkeypatch.setattr(engine, "abort", broken_abort)
+    answer = loop.call(lambda: 42)
+    loop.abort(["gone-0"])
+    gate.set()
+    await asyncio.wait_for(blocker, 1.0)
+    assert await asyncio.wait_for(answer, 1.0) == 42
     loop.stop()
 
 
