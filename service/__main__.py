@@ -11,8 +11,10 @@ from pathlib import Path
 
 from service.config import Limits, Role, ServerConfig, TlsConfig, default_cache_dir
 from service.runtime.specs import TINY_MODEL_NAME
+from service.startup_noise import silence_dependency_noise
 
 AUTH_TOKEN_ENV = "TANDEM_AUTH_TOKEN"
+MODEL_ENV = "TANDEM_MODEL"
 
 
 def _flag(name: str) -> str:
@@ -92,7 +94,7 @@ def _tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TlsConfig
 
 
 def parse_config(argv: list[str] | None = None) -> ServerConfig:
-    """Build the one ServerConfig from command-line flags (and $TANDEM_AUTH_TOKEN)."""
+    """Build the one ServerConfig from command-line flags (and $TANDEM_AUTH_TOKEN, $TANDEM_MODEL)."""
     defaults = ServerConfig()
     parser = argparse.ArgumentParser(prog="python -m service", description="Tandem: sample from and train one 4-bit model over gRPC.")
     parser.add_argument("--host", default=defaults.host, help="address to bind gRPC and metrics to (default %(default)s)")
@@ -100,8 +102,9 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
     parser.add_argument("--metrics-port", type=int, default=defaults.metrics_port, help="Prometheus /metrics port; 0 picks a free one (default %(default)s)")
     parser.add_argument(
         "--model",
-        default=TINY_MODEL_NAME,
-        help="model to load at start-up: a built-in name, a directory under a --model-root, or 'none' to start empty (default %(default)s)",
+        default=os.environ.get(MODEL_ENV) or TINY_MODEL_NAME,
+        help=f"model to load at start-up: a built-in name, a directory under a --model-root, or 'none' to start empty "
+        f"(default ${MODEL_ENV} when set, else {TINY_MODEL_NAME})",
     )
     parser.add_argument("--model-root", type=Path, action="append", default=[], help="directory model names resolve under (repeatable)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where built-in models are made (default $TANDEM_CACHE_DIR or ~/.cache/tandem)")
@@ -149,6 +152,7 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
 
 
 def main() -> None:
+    silence_dependency_noise()  # before anything imports torch, bitsandbytes or transformers
     from service.runtime.engines.vllm_backend import configure_process
     from service.server import serve  # after logging is configured; imports torch
 

@@ -66,7 +66,7 @@ def _keep_cpu_weight_layout(model: torch.nn.Module) -> None:
 def attach_lora(base: torch.nn.Module, spec: LoadSpec) -> torch.nn.Module:
     """Wrap the base in a PEFT LoRA model, seeded by random_state; only LoRA weights train."""
     if spec.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
     config = LoraConfig(
         r=spec.lora.rank,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.__main__ import AUTH_TOKEN_ENV, parse_config
+from service.__main__ import AUTH_TOKEN_ENV, MODEL_ENV, parse_config
 from service.config import Limits, TlsConfig
 
 
@@ -66,3 +66,14 @@ def test_torch_threads() -> None:
     assert parse_config(["--torch-threads", "1"]).torch_threads == 1
     with pytest.raises(SystemExit):
         parse_config(["--torch-threads", "0"])
+
+
+def test_startup_model_from_flag_environment_or_built_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(MODEL_ENV, raising=False)
+    assert parse_config([]).startup_model == "tandem/tiny"
+    assert parse_config(["--model", "none"]).startup_model is None
+    monkeypatch.setenv(MODEL_ENV, "none")
+    assert parse_config([]).startup_model is None
+    monkeypatch.setenv(MODEL_ENV, "my-model")
+    assert parse_config([]).startup_model == "my-model"
+    assert parse_config(["--model", "tandem/tiny"]).startup_model == "tandem/tiny", "the flag wins over the environment"
