@@ -64,7 +64,8 @@ CATALOGUE = [
     # --- Generate: prompts
     Bad("generate-empty", "Generate", pb.GenerateRequest(), INVALID, "prompts"),
     Bad("generate-prompt-unset", "Generate", pb.GenerateRequest(prompts=[pb.Prompt()]), INVALID, "prompts[0]"),
-    Bad("generate-empty-token-ids", "Generate", gen(ids()), INVALID, "prompts[0]"),
+    Bad("generate-empty-token-ids", "Generate", gen(ids()), INVALID, "prompts[0]: the prompt is empty"),
+    Bad("generate-empty-text", "Generate", gen(pb.Prompt(text="The people"), pb.Prompt(text="")), INVALID, "prompts[1]: the prompt is empty"),
     Bad("generate-oov-token", "Generate", gen(ids(5, OOV)), INVALID, "prompts[0].token_ids.ids[1]"),
     Bad("generate-max-uint32-token", "Generate", gen(ids(2**32 - 1)), INVALID, "prompts[0].token_ids.ids[0]"),
     Bad("generate-too-many-prompts", "Generate", gen(*[pb.Prompt(text="a")] * 257), INVALID, "max_prompts_per_request"),
@@ -122,7 +123,7 @@ CATALOGUE = [
     Bad("train-grad-norm-negative", "TrainStep", train(max_grad_norm=-1), INVALID, "optimizer.max_grad_norm"),
     # --- ComputeLogprobs
     Bad("logprobs-empty", "ComputeLogprobs", pb.ComputeLogprobsRequest(), INVALID, "sequences"),
-    Bad("logprobs-empty-sequence", "ComputeLogprobs", pb.ComputeLogprobsRequest(sequences=[pb.TokenIds()]), INVALID, "sequences[0].ids"),
+    Bad("logprobs-empty-sequence", "ComputeLogprobs", pb.ComputeLogprobsRequest(sequences=[pb.TokenIds()]), INVALID, "sequences[0].ids: the prompt is empty"),
     Bad("logprobs-oov", "ComputeLogprobs", pb.ComputeLogprobsRequest(sequences=[pb.TokenIds(ids=[5, OOV])]), INVALID, "sequences[0].ids[1]"),
     Bad("logprobs-adapter-path", "ComputeLogprobs", pb.ComputeLogprobsRequest(sequences=[pb.TokenIds(ids=[5, 6])], adapter="a/b"), INVALID, "adapter"),
     # --- LoadModel (refused before the loaded model is released)
@@ -206,7 +207,6 @@ def test_bad_request_is_refused_precisely_and_changes_nothing(server: ServerProc
 ACCEPTED = [
     ("top-k-beyond-vocabulary", gen(top_k=2**32 - 1, max_tokens=3)),
     ("largest-seed", gen(seed=2**64 - 1, max_tokens=3)),
-    ("empty-text-prompt", gen(pb.Prompt(text=""), max_tokens=3)),
     ("temperature-zero-with-filters", gen(temperature=0, top_p=1e-9, min_p=1.0, max_tokens=3)),
     ("long-stop-string", gen(stop=["x" * 10_000], max_tokens=3)),
     ("control-characters", gen(pb.Prompt(text="\x00\x01\u202e\ufeff"), max_tokens=3)),
