@@ -165,10 +165,19 @@ def execute(run: Run, workload: Workload, gpu: Gpu) -> dict:
             process.wait(timeout=max(1.0, run.deadline + KILL_GRACE - time.time()))
         except subprocess.TimeoutExpired:
             killed = True
-            os.killpg(process.pid, signal.SIGKILL)  # the tool and what it started (Tandem's server), by process group
-            process.wait()
+        stop_group(process)
     run.events = read_events(run.progress)
     return summarize(run, workload, process.returncode, killed, memory.peak_gib)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGKILL the tool's process group (the tool and what it started: Tandem's server, vLLM's engine core),
+    so nothing of it holds the GPU when the next tool starts."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def read_events(path: Path) -> list[dict]:
@@ -185,11 +194,13 @@ def summarize(run: Run, workload: Workload, returncode: int, killed: bool, peak_
     done = next((e for e in run.events if e["event"] == "done"), None)
     ready = next((e for e in run.events if e["event"] == "ready"), None)
     if error is None and done is None:
-        error = f"{'killed at its deadline' if killed else f'exited with {returncode}'} without a result; log tail:\n{tail(run.log)}"
+        error = f"{'killed at its deadline' if killed else f'exited with {returncode}'} before it finished; log tail:\n{tail(run.log)}"
+    elif error is None and not steps:
+        error = f"no timed step within its time budget (loading took {ready['load_seconds']:.0f} s)" if ready else "stopped before loading finished"
     result: dict = {
         "tool": run.label,
-        "ok": error is None and bool(steps),
-        "stopped": done["stopped"] if done else "error",
+        "ok": error is None,
+        "stopped": done["stopped"] if done else ("killed" if killed else "error"),
         "error": error,
         "load_seconds": ready["load_seconds"] if ready else None,
         "timed_steps": len(steps),
@@ -217,13 +228,21 @@ def tail(path: Path, lines: int = 40) -> str:
 
 def run_tool(run: Run, workload: Workload, gpu: Gpu, quick_run: bool) -> list[dict]:
     """One tool's summaries: one, or for TRL on NF4 that failed before a timed step, also its bf16 retry."""
-    results = [execute(run, workload, gpu)]
+    results = [safe_execute(run, workload, gpu)]
     first = results[0]
     retry_needs = 30.0 if quick_run else FALLBACK_MIN_SECONDS
     if run.tool == "trl" and run.trl_base == "nf4" and not first["timed_steps"] and first["error"] and run.deadline - time.time() > retry_needs:
         print(f"  trl on NF4 failed ({first['error'].strip().splitlines()[-1][:160]}); again on a bf16 base", flush=True)
-        results.append(execute(replace(run, trl_base="bf16", events=[]), workload, gpu))
+        results.append(safe_execute(replace(run, trl_base="bf16", events=[]), workload, gpu))
     return results
+
+
+def safe_execute(run: Run, workload: Workload, gpu: Gpu) -> dict:
+    """:func:`execute`, with a failure of this program around the tool recorded as the tool's error (the others still run)."""
+    try:
+        return execute(run, workload, gpu)
+    except Exception as error:
+        return {"tool": run.label, "ok": False, "stopped": "error", "error": f"rl_bench.py: {error!r}", "timed_steps": 0, "peak_gpu_memory_gib": None, "curve": []}
 
 
 def run_all(tools: list[str], workload: Workload, gpu: Gpu, args: argparse.Namespace, model_dir: Path, cache_dir: Path, work: Path, end: float) -> list[dict]:
@@ -297,7 +316,7 @@ def print_table(results: list[dict], compared: dict) -> None:
             continue
         split = r["split_seconds"]
         memory = f"{r['peak_gpu_memory_gib']:.2f}" if r["peak_gpu_memory_gib"] is not None else "n/a"
-        rewards = f"{r['reward_first']:.3f} -> {r['reward_last']:.3f}"
+        rewards = f"{number(r['reward_first'])} -> {number(r['reward_last'])}"
         print(
             f"{r['tool']:10} {r['steps_per_minute']:9.2f} {r['samples_per_second']:9.1f} {split['sampling']:8.2f} {split['training']:8.2f} "
             f"{split['sync']:7.3f} {memory:>8} {rewards:>18} {r['timed_steps']:5d}  {r['stopped']}"
@@ -305,6 +324,11 @@ def print_table(results: list[dict], compared: dict) -> None:
     for key, value in compared.items():
         goal = GOALS.get(key)
         print(f"{key}: {value:.2f}" + (f" (goal >= {goal}: {'met' if value >= goal else 'missed'})" if goal else ""))
+
+
+def number(value: float | None) -> str:
+    """A reward for the table; "n/a" when a step recorded none."""
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def plot(results: list[dict], path: Path, title: str) -> bool:
@@ -332,7 +356,8 @@ def plot(results: list[dict], path: Path, title: str) -> bool:
     memory.bar(names, [r["peak_gpu_memory_gib"] or 0.0 for r in measured], color="#888")
     memory.set(ylabel="GiB", title="peak GPU memory (NVML, above idle)")
     for r in measured:
-        curves.plot(range(1, len(r["curve"]) + 1), r["curve"], marker=".", label=r["tool"])
+        curve = [float("nan") if v is None else v for v in r["curve"]]
+        curves.plot(range(1, len(curve) + 1), curve, marker=".", label=r["tool"])
     curves.set(xlabel="step (warm-up included)", ylabel="mean reward", title="reward")
     curves.legend()
     fig.suptitle(title)

@@ -61,7 +61,7 @@ class Progress:
     def step(self, index: int, workload: Workload, seconds: float, phases: dict[str, float], rewards: list[float], tokens: int) -> None:
         """One finished step: its wall time, where it went, and its mean reward."""
         self.last_step_seconds = seconds
-        sampling, sync = phases.get("sampling", 0.0), phases.get("sync", 0.0)
+        sampling, sync = max(0.0, phases.get("sampling", 0.0)), phases.get("sync", 0.0)
         self.write(
             "step",
             step=index,
@@ -71,7 +71,7 @@ class Progress:
             sync=sync,
             training=max(0.0, seconds - sampling - sync),
             reward=statistics.fmean(rewards) if rewards else None,
-            samples=len(rewards),
+            samples=len(rewards) or workload.samples,
             completion_tokens=tokens,
         )
 
@@ -311,10 +311,13 @@ def train_with_trl_trainer(
         callbacks=[step_callback(workload, progress, clock, rewards, tokens, loading_started)],
         **trainer_kwargs,
     )
-    generation = trainer.vllm_generation
-    generation.generate = clock.timed("sampling", generation.generate)
-    generation.sync_weights = clock.timed("sync", generation.sync_weights)
-    time_lora_loads(clock)
+    generation = getattr(trainer, "vllm_generation", None)  # TRL >= 0.28 keeps its vLLM calls there
+    if generation is None:
+        progress.write("note", note="no GRPOTrainer.vllm_generation: sampling and sync are not split out of the step time")
+    else:
+        generation.generate = clock.timed("sampling", generation.generate)
+        generation.sync_weights = clock.timed("sync", generation.sync_weights)
+        time_lora_loads(clock)
     trainer.train()
     return "steps" if trainer.state.global_step >= workload.warmup + workload.steps else "time budget"
 
