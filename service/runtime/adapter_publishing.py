@@ -226,5 +226,6 @@ class AdapterFollower:
             log.warning("skipping published adapter version %d: %s", manifest.adapter_version, refusal)
             return
         self._installed = manifest
-        self._metrics.adapter_publish_lag_seconds.observe(max(0.0, time.time() - manifest.published_unix_seconds))
+        if self.caught_up:  # following; a catch-up after a model load would count the time this replica was not running
+            self._metrics.adapter_publish_lag_seconds.observe(max(0.0, time.time() - manifest.published_unix_seconds))
         log.info("serving published adapter version %d (entry %s)", manifest.adapter_version, manifest.entry)
