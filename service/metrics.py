@@ -101,9 +101,10 @@ class Metrics:
         self.model_loaded = Gauge("tandem_model_loaded", "1 when a model is loaded.", registry=registry)
         self.process_memory = Gauge("tandem_process_resident_memory_bytes", "Resident set size of the server.", registry=registry)
         self.process_memory.set_function(process_rss_bytes)
-        self.gpu_memory = Gauge("tandem_gpu_memory_bytes", "Accelerator memory, by kind (allocated, reserved, total).", ["kind"], registry=registry)
-        for index, kind in enumerate(("allocated", "reserved", "total")):
-            self.gpu_memory.labels(kind).set_function(lambda i=index: device_memory()[i])
+        self.gpu_memory = Gauge(
+            "tandem_gpu_memory_bytes", "Accelerator memory where the model lives, by kind (allocated, reserved, total).", ["kind"], registry=registry
+        )
+        self.bind_device_memory(device_memory)
         self._generated_rate = ThroughputMeter()
         self._trained_rate = ThroughputMeter()
         Gauge(
@@ -115,12 +116,27 @@ class Metrics:
         self.queue_depth = Gauge("tandem_queue_depth", "Device-loop work items waiting to start.", registry=registry)
         self.running_requests = Gauge("tandem_running_requests", "Samples held by the engine (queued or decoding).", registry=registry)
         self.kv_cache_usage = Gauge("tandem_kv_cache_usage_ratio", "Fraction of the engine's KV cache in use (vLLM).", registry=registry)
+        self.generation_samples = Gauge(
+            "tandem_generation_samples", "Samples admitted to Generate calls (queued or decoding), bounded by max_queued_generations.", registry=registry
+        )
 
-    def bind_load_gauges(self, queue_depth: Callable[[], float], running_requests: Callable[[], float], kv_cache_usage: Callable[[], float]) -> None:
+    def bind_load_gauges(
+        self,
+        queue_depth: Callable[[], float],
+        running_requests: Callable[[], float],
+        kv_cache_usage: Callable[[], float],
+        generation_samples: Callable[[], float],
+    ) -> None:
         """Read these gauges from the runtime at scrape time."""
         self.queue_depth.set_function(queue_depth)
         self.running_requests.set_function(running_requests)
         self.kv_cache_usage.set_function(kv_cache_usage)
+        self.generation_samples.set_function(generation_samples)
+
+    def bind_device_memory(self, read: Callable[[], tuple[int, int, int]]) -> None:
+        """Read accelerator memory (allocated, reserved, total bytes) with ``read`` at scrape time."""
+        for index, kind in enumerate(("allocated", "reserved", "total")):
+            self.gpu_memory.labels(kind).set_function(lambda i=index: read()[i])
 
     def record_generated(self, tokens: int) -> None:
         """Count generated tokens."""

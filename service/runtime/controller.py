@@ -28,6 +28,7 @@ from service.runtime.checkpoints import CheckpointContents, CheckpointStore
 from service.runtime.device_loop import DeviceLoop
 from service.runtime.engines.base import EngineRequest
 from service.runtime.host import HostContext, ModelHost, choose_engine, start_host
+from service.runtime.memory import device_memory
 from service.runtime.model import ProgressCallback, Stopwatch, check_load_spec, load_tokenizer, report
 from service.runtime.paths import resolve_model_dir
 from service.runtime.peft_model import check_lora_targets
@@ -79,7 +80,8 @@ class Controller:
         self._model_listeners: list[Callable[[], Awaitable[None]]] = []
         self._version_listeners: list[Callable[[int], Awaitable[None]]] = []
         self._version_waiters: list[tuple[int, asyncio.Future]] = []
-        metrics.bind_load_gauges(self._queue_depth, self._running_requests, self._kv_cache_usage)
+        metrics.bind_load_gauges(self._queue_depth, self._running_requests, self._kv_cache_usage, lambda: self._queued_samples)
+        metrics.bind_device_memory(self._device_memory)
 
     def start(self) -> None:
         """Finish or undo checkpoint writes a crash interrupted, then start the device thread."""
@@ -138,6 +140,9 @@ class Controller:
 
     def _kv_cache_usage(self) -> float:
         return 0.0 if self._host is None else self._host.kv_cache_usage()
+
+    def _device_memory(self) -> tuple[int, int, int]:
+        return device_memory() if self._host is None else self._host.device_memory()
 
     async def _notify_model_change(self) -> None:
         for listener in self._model_listeners:

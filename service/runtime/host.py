@@ -94,6 +94,9 @@ class ModelHost(Protocol):
     def kv_cache_usage(self) -> float:
         """Fraction of the engine's KV cache in use (0 when not known)."""
 
+    def device_memory(self) -> tuple[int, int, int]:
+        """Accelerator memory where the model lives: (allocated, reserved, total) bytes; cheap (metrics read it)."""
+
     async def shutdown(self) -> None:
         """Release the model and the engine, after the work admitted before."""
 

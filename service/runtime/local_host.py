@@ -23,6 +23,7 @@ from service.runtime.device_loop import DeviceLoop, Inbox
 from service.runtime.engines import transformers_backend
 from service.runtime.engines.base import BuildContext, EngineRequest
 from service.runtime.host import HostContext
+from service.runtime.memory import device_memory
 from service.runtime.model import LoadedModel, assemble_loaded_model
 from service.runtime.peft_model import pick_device, resolve_dtype
 from service.runtime.specs import AdapterCheckpoint, EngineKind, SampleChunk
@@ -126,6 +127,10 @@ class LocalHost:
     def kv_cache_usage(self) -> float:
         """The transformers engine has no paged KV cache."""
         return 0.0
+
+    def device_memory(self) -> tuple[int, int, int]:
+        """This process's accelerator memory (the model lives here)."""
+        return device_memory(self._loaded.device if self._loaded is not None else None)
 
     async def shutdown(self) -> None:
         """Release the model after the work queued before (the device loop stays for the next model)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 from service.runtime.adapter_slots import peft_adapter_name
 from service.runtime.adapter_state import capture, restore, restore_weights
 from service.runtime.checkpoints import CheckpointContents, CheckpointStore
+from service.runtime.memory import device_memory
 from service.runtime.model import LoadedModel
 from service.runtime.specs import BASE_ADAPTER, AdapterCheckpoint, LossSpec, ModelDescription, OptimizerSpec, RestoredAdapter, TrainResult
 from service.runtime.training import score_sequences, train_step
@@ -82,3 +83,8 @@ def install(loaded: LoadedModel, contents: CheckpointContents) -> float:
 def describe(loaded: LoadedModel) -> ModelDescription:
     """What GetModel reports (reads only)."""
     return loaded.describe()
+
+
+def accelerator_memory(loaded: LoadedModel) -> tuple[int, int, int]:
+    """(allocated, reserved, total) bytes on the model's device, as torch counts them where the model lives."""
+    return device_memory(loaded.device)

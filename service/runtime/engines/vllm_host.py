@@ -39,6 +39,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from service.errors import EngineFailed, InvalidArgument, NotFound, TandemError, Unavailable
+from service.runtime import model_ops
 from service.runtime.adapter_slots import AdapterSlots
 from service.runtime.barrier import OrderedBarrier
 from service.runtime.checkpoints import CheckpointStore
@@ -67,6 +68,7 @@ CHUNKS_PER_STEP = 2
 MAX_STREAM_INTERVAL = 128
 """Most tokens a streamed chunk waits for."""
 DEATH_POLL_SECONDS = 0.25
+MEMORY_POLL_SECONDS = 5.0
 ENGINE_DIED = "the vLLM engine's process has stopped: call LoadModel to start it again"
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
 
@@ -97,6 +99,7 @@ class VllmHost:
         """Exclusive calls so far: part of every prefix-cache salt."""
         self._running = 0
         self._dead = False
+        self._memory: tuple[int, int, int] = (0, 0, 0)
         self._trained = LoRARequest(lora_name="trained", lora_int_id=TRAINED_LORA_ID, lora_path="in-memory")
         self._saved: dict[str, LoRARequest] = {}
         self._lora_ids = itertools.count(TRAINED_LORA_ID + 1)
@@ -240,6 +243,10 @@ class VllmHost:
         """Not reported: vLLM's scheduler statistics are off (``disable_log_stats``)."""
         return 0.0
 
+    def device_memory(self) -> tuple[int, int, int]:
+        """The engine process's accelerator memory, as last read (every MEMORY_POLL_SECONDS)."""
+        return self._memory
+
     async def shutdown(self) -> None:
         """Stop the engine's process after the samples admitted before finish (at once when it is dead)."""
         self._watchdog.cancel()
@@ -255,7 +262,16 @@ class VllmHost:
             raise Unavailable(ENGINE_DIED)
 
     async def _watch(self, on_dead: Callable[[], None]) -> None:
-        while not self._llm.errored:
+        """Notice the engine's death within DEATH_POLL_SECONDS; read its memory every MEMORY_POLL_SECONDS meanwhile."""
+        polls_per_read = round(MEMORY_POLL_SECONDS / DEATH_POLL_SECONDS)
+        for poll in itertools.count():
+            if self._llm.errored:
+                break
+            if poll % polls_per_read == 0:
+                try:
+                    self._memory = await self._rpc(model_ops.accelerator_memory, ())
+                except TandemError:
+                    log.warning("could not read the engine process's memory", exc_info=True)
             await asyncio.sleep(DEATH_POLL_SECONDS)
         if not self._dead:
             self._dead = True
