@@ -21,8 +21,8 @@ before its first timed step is run again on a bf16 base (--trl-base).
 
 Writes tests/bench/results/<date>-rl-<gpu>[-quick].json and a PNG beside it
 (when matplotlib is installed), and prints a table. On a machine without an
-NVIDIA GPU, Tandem samples with its transformers engine (--model tandem/tiny
-for a smoke run).
+NVIDIA GPU, Tandem samples with its transformers engine and the model
+defaults to tandem/tiny: ``--tools tandem --quick`` is a CPU smoke run.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ from tests.bench.rl_workload import Workload, quick  # noqa: E402
 
 GIB = 2**30
 TOOLS = ("tandem", "unsloth", "trl")
+CPU_MODEL = "tandem/tiny"
+"""The default model without an NVIDIA GPU (Tandem's transformers engine): a smoke run, not a measurement."""
 KILL_GRACE = 25.0
 """Seconds a tool may run past its deadline (finishing a step, shutting down) before it is killed."""
 FALLBACK_MIN_SECONDS = 150.0
@@ -374,7 +376,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of tandem,unsloth,trl (default all, in that order)")
     parser.add_argument("--out", type=Path, default=REPO / "tests/bench/results", help="directory of the JSON record and plot (default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and eager vLLM: a smoke run of a few minutes")
-    parser.add_argument("--model", default=None, help="built-in model (default tandem/tinyllama-1.1b-random; tandem/tiny for a CPU smoke run)")
+    parser.add_argument("--model", default=None, help=f"built-in model (default {Workload.model} on a GPU, {CPU_MODEL} without one)")
     parser.add_argument("--gpus", default=None, help="comma-separated GPU indices, one per tool: run the tools at once (default: one after another on GPU 0)")
     parser.add_argument("--time-budget", type=float, default=540.0, help="seconds for the whole run, model making included (default %(default)s)")
     parser.add_argument("--trl-base", choices=("nf4", "bf16"), default="nf4", help="TRL's base weights (default %(default)s; NF4 failing falls back to bf16)")
@@ -400,8 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     workload = Workload(fast_inference=gpu.present)
     if args.quick:
         workload = quick(workload)
-    if args.model:
-        workload = replace(workload, model=args.model)
+    workload = replace(workload, model=args.model or (workload.model if gpu.present else CPU_MODEL))
     if args.steps is not None:
         workload = replace(workload, steps=args.steps)
     work = Path(tempfile.mkdtemp(prefix="tandem-rl-bench-"))
