@@ -1,14 +1,15 @@
-"""Small helpers for the client tests: reading the server's metrics, waiting for a condition."""
+"""Small helpers for the client tests: reading the server's metrics, waiting for a condition, starting replicas."""
 
 from __future__ import annotations
 
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, start_server
 
 
 def metric(server: ServerProcess, name: str, **labels: str) -> float:
@@ -30,3 +31,16 @@ def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def start_servers(count: int, cache_dir: Path, log_dir: Path, *extra_args: str) -> list[ServerProcess]:
+    """Start ``count`` servers side by side (they load their models at the same time), then wait until all are ready."""
+    servers = [start_server(cache_dir, log_dir, *extra_args, wait_ready=False) for _ in range(count)]
+    for server in servers:
+        server.wait_ready()
+    return servers
+
+
+def sampling(servers: list[ServerProcess]) -> list[ServerProcess]:
+    """The servers with samples in their engine right now."""
+    return [server for server in servers if metric(server, "tandem_running_requests") > 0]
