@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import torch
 
 from service.errors import Unavailable
+from service.runtime import model_ops
 from service.runtime.adapter_slots import AdapterSlots
 from service.runtime.checkpoints import CheckpointStore
 from service.runtime.chunks import coalesce, take_ready
@@ -56,6 +57,7 @@ class LocalHost:
             dtype = resolve_dtype(ctx.spec.dtype, device)
             built = transformers_backend.build(BuildContext(ctx.spec, ctx.model_dir, ctx.tokenizer, dtype, device, ctx.report))
             loaded = assemble_loaded_model(ctx.spec, ctx.model_dir, ctx.tokenizer, cls.kind, built, device, dtype)
+            model_ops.sync_adapter(loaded)
             ctx.device_loop.set_engine(loaded.engine)
             return cls(ctx.device_loop, loaded)
 

@@ -166,7 +166,7 @@ def report(progress: ProgressCallback, clock: Stopwatch, phase: LoadPhase, messa
 
 
 def assemble_loaded_model(spec: LoadSpec, model_dir: Path, tokenizer, kind: EngineKind, built: BuiltModel, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """Add AdamW over the LoRA parameters to what a backend built, sync adapter version 0, account memory."""
+    """Add AdamW over the LoRA parameters to what a backend built and account memory (the caller syncs version 0)."""
     trainable = [p for p in built.model.parameters() if p.requires_grad]
     loaded = LoadedModel(
         spec=spec,
@@ -186,6 +186,5 @@ def assemble_loaded_model(spec: LoadSpec, model_dir: Path, tokenizer, kind: Engi
         kv_cache_usage=built.kv_cache_usage,
         kv_cache_bytes=built.kv_cache_bytes,
     )
-    built.engine.sync_adapter(0)
     loaded.refresh_memory()
     return loaded

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from service.runtime import model_ops
 from service.runtime.engines.base import BuiltModel
 from service.runtime.engines.lora_buffers import LoraBufferSync, trained_lora_pairs
 from service.runtime.engines.shared_weights import build_shared_causal_lm
@@ -125,6 +126,7 @@ def build_trainer(worker, spec: LoadSpec, model_dir: str) -> BuiltTrainer:
         kv_cache_bytes=lambda: kv_bytes,
     )
     loaded: LoadedModel = assemble_loaded_model(spec, directory, tokenizer, EngineKind.VLLM, built, device, dtype)
+    model_ops.sync_adapter(loaded)
     worker._tandem_model = loaded
     torch.cuda.empty_cache()  # give back what building the trainer used transiently
     layers = base.config.num_hidden_layers
