@@ -1,7 +1,7 @@
 """RL loop benchmark: the same GRPO workload through Tandem, Unsloth and TRL, each in a process of its own.
 
-    python tests/bench/rl_bench.py [--steps 20] [--tools tandem,unsloth,trl] [--out DIR] [--quick]
-                                   [--model NAME] [--gpus 0,1,2] [--time-budget 540]
+    python tests/bench/rl_bench.py [--steps 20] [--tools tandem,unsloth,trl] [--out DIR] [--quick] [--eager]
+                                   [--model NAME] [--gpus 0,1,2] [--time-budget 540] [--trl-base nf4]
 
 The workload (rl_workload.py): the 1.1B-shaped built-in model in NF4, LoRA
 r64 on all seven projections, 32 prompts x 8 samples per step, 256 new
@@ -52,6 +52,8 @@ GIB = 2**30
 TOOLS = ("tandem", "unsloth", "trl")
 CPU_MODEL = "tandem/tiny"
 """The default model without an NVIDIA GPU (Tandem's transformers engine): a smoke run, not a measurement."""
+IDLE_SLACK = GIB
+"""GPU memory above the level at the start of the run that still counts as idle."""
 KILL_GRACE = 25.0
 """Seconds a tool may run past its deadline (finishing a step, shutting down) before it is killed."""
 FALLBACK_MIN_SECONDS = 150.0
@@ -88,6 +90,13 @@ class Gpu:
     def used_bytes(self, index: int) -> int:
         """Device-wide memory in use on GPU ``index``, every process counted."""
         return int(self.nvml.nvmlDeviceGetMemoryInfo(self.nvml.nvmlDeviceGetHandleByIndex(index)).used)
+
+    def wait_released(self, index: int, level: int, timeout: float = 30.0) -> None:
+        """Wait (at most ``timeout`` s) until GPU ``index`` is back within IDLE_SLACK of ``level``: the previous
+        tool's processes are gone, and the next vLLM engine finds the free memory it asks for."""
+        deadline = time.monotonic() + timeout
+        while self.used_bytes(index) > level + IDLE_SLACK and time.monotonic() < deadline:
+            time.sleep(0.5)
 
 
 class MemoryPeak:
@@ -129,6 +138,8 @@ class Run:
     cache_dir: Path
     gpu_index: int | None
     deadline: float
+    idle_bytes: int = 0
+    """GPU memory in use on this tool's GPU when the run started."""
     trl_base: str = "nf4"
     events: list[dict] = field(default_factory=list)
 
@@ -161,6 +172,8 @@ def execute(run: Run, workload: Workload, gpu: Gpu) -> dict:
     command += ["--model-dir", str(run.model_dir), "--cache-dir", str(run.cache_dir), "--work", str(run.work / run.label)]
     command += ["--progress", str(run.progress), "--deadline", str(run.deadline), "--trl-base", run.trl_base]
     killed = False
+    if run.gpu_index is not None:
+        gpu.wait_released(run.gpu_index, run.idle_bytes)
     with MemoryPeak(gpu, run.gpu_index) as memory, run.log.open("w") as log:
         process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=worker_env(run), start_new_session=True)
         try:
@@ -250,8 +263,10 @@ def safe_execute(run: Run, workload: Workload, gpu: Gpu) -> dict:
 def run_all(tools: list[str], workload: Workload, gpu: Gpu, args: argparse.Namespace, model_dir: Path, cache_dir: Path, work: Path, end: float) -> list[dict]:
     """Every tool, one after another on one GPU (equal shares of the time left) or at once on --gpus."""
 
+    idle = {index: gpu.used_bytes(index) for index in (args.gpus or [0])} if gpu.present else {}
+
     def make(tool: str, gpu_index: int | None, deadline: float) -> Run:
-        return Run(tool, work, model_dir, cache_dir, gpu_index, deadline, trl_base=args.trl_base)
+        return Run(tool, work, model_dir, cache_dir, gpu_index, deadline, idle.get(gpu_index, 0), trl_base=args.trl_base)
 
     if args.gpus:
         results: dict[str, list[dict]] = {}
@@ -348,6 +363,8 @@ def plot(results: list[dict], path: Path, title: str) -> bool:
     fig, ((speed, split), (memory, curves)) = plt.subplots(2, 2, figsize=(12, 8))
     speed.bar(names, [r["steps_per_minute"] for r in measured], color="#2a7")
     speed.set(ylabel="GRPO steps / minute", title="throughput")
+    for i, r in enumerate(measured):
+        speed.text(i, r["steps_per_minute"], f"{r['steps_per_minute']:.2f}", ha="center", va="bottom")
     bottom = [0.0] * len(measured)
     for phase, color in (("sampling", "#47c"), ("training", "#c74"), ("sync", "#999")):
         values = [r["split_seconds"][phase] for r in measured]
@@ -362,7 +379,8 @@ def plot(results: list[dict], path: Path, title: str) -> bool:
         curves.plot(range(1, len(curve) + 1), curve, marker=".", label=r["tool"])
     curves.set(xlabel="step (warm-up included)", ylabel="mean reward", title="reward")
     curves.legend()
-    fig.suptitle(title)
+    failed = [r["tool"] for r in results if not r["timed_steps"]]
+    fig.suptitle(title + (f" (no figures: {', '.join(failed)})" if failed else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -376,6 +394,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of tandem,unsloth,trl (default all, in that order)")
     parser.add_argument("--out", type=Path, default=REPO / "tests/bench/results", help="directory of the JSON record and plot (default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and eager vLLM: a smoke run of a few minutes")
+    parser.add_argument("--eager", action="store_true", help="vLLM without torch.compile and CUDA graphs in every tool: faster starts, slower decoding")
     parser.add_argument("--model", default=None, help=f"built-in model (default {Workload.model} on a GPU, {CPU_MODEL} without one)")
     parser.add_argument("--gpus", default=None, help="comma-separated GPU indices, one per tool: run the tools at once (default: one after another on GPU 0)")
     parser.add_argument("--time-budget", type=float, default=540.0, help="seconds for the whole run, model making included (default %(default)s)")
@@ -399,12 +418,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     end = started + args.time_budget
     gpu = Gpu()
+    if args.gpus and not gpu.present:
+        print("--gpus: no NVIDIA GPU here", file=sys.stderr)
+        return 2
     workload = Workload(fast_inference=gpu.present)
     if args.quick:
         workload = quick(workload)
     workload = replace(workload, model=args.model or (workload.model if gpu.present else CPU_MODEL))
     if args.steps is not None:
         workload = replace(workload, steps=args.steps)
+    if args.eager:
+        workload = replace(workload, eager=True)
     work = Path(tempfile.mkdtemp(prefix="tandem-rl-bench-"))
     cache_dir = args.cache_dir or work / "cache"
     from service.tiny_model import ensure_builtin_model
