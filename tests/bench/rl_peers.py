@@ -337,6 +337,7 @@ def run_unsloth(workload: Workload, args: argparse.Namespace, progress: Progress
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=str(args.model_dir),
+        use_exact_model_name=True,  # a local directory: no mapping to Unsloth's hub names
         max_seq_length=workload.max_seq_length,
         load_in_4bit=True,
         fast_inference=True,
