@@ -273,6 +273,9 @@ def run_all(tools: list[str], workload: Workload, gpu: Gpu, args: argparse.Names
 
         def one(tool: str, index: int) -> None:
             results[tool] = run_tool(make(tool, index, end - KILL_GRACE), workload, gpu, args.quick)
+            print(f"  {describe(results[tool][-1])} (GPU {index})", flush=True)
+
+        print(f"{', '.join(tools)} at once on GPUs {args.gpus[: len(tools)]}, up to {end - time.time():.0f} s ...", flush=True)
 
         threads = [threading.Thread(target=one, args=(tool, index)) for tool, index in zip(tools, args.gpus)]
         for thread in threads:
