@@ -2,6 +2,8 @@
 // samples (Generate) and trains LoRA adapters (TrainStep) over gRPC.
 //
 //	client, err := tandem.New("127.0.0.1:50051", tandem.WithToken(token))
+//	// or a trainer and its samplers:
+//	// tandem.New("tandem-trainer:50051", tandem.WithSamplers("dns:///tandem-sampler:50051"))
 //	if err != nil { ... }
 //	defer client.Close()
 //	model, err := client.LoadModel(ctx, &tandemv1.LoadModelRequest{}, nil)
@@ -21,21 +23,32 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/grpc/status"
 
 	tandemv1 "github.com/tandem-ai/tandem/clients/go/gen/tandem/v1"
 )
 
-// Client is a connection to one Tandem server; it is safe for concurrent use.
+// Client is a connection to one Tandem server, or to a trainer and its sampler
+// replicas (WithSamplers); it is safe for concurrent use.
 type Client struct {
-	conn      *grpc.ClientConn
+	conn      *grpc.ClientConn // the trainer (or the one server)
+	samplers  *grpc.ClientConn // the samplers; conn when there are none
 	stub      tandemv1.TandemServiceClient
+	sampler   tandemv1.TandemServiceClient
 	deadlines Deadlines
+	retry     RetryPolicy
 }
 
-// New connects to target (host:port). The connection is made lazily, on the
-// first call; with no options it is plaintext with the default deadlines and
-// retry policy.
+// samplerResolverScheme names the resolver that hands a WithSamplers list to gRPC.
+const samplerResolverScheme = "tandem-samplers"
+
+// New connects to target (host:port): the one server, or with WithSamplers
+// the trainer. Connections are made lazily, on the first call; with no
+// options it is plaintext with the default deadlines and retry policy.
 func New(target string, options ...Option) (*Client, error) {
 	s := settings{transport: insecure.NewCredentials(), deadlines: DefaultDeadlines, retry: DefaultRetryPolicy}
 	for _, option := range options {
@@ -43,26 +56,58 @@ func New(target string, options ...Option) (*Client, error) {
 			return nil, err
 		}
 	}
-	dialOptions := []grpc.DialOption{
-		grpc.WithTransportCredentials(s.transport),
-		grpc.WithDefaultServiceConfig(s.retry.serviceConfig()),
-	}
+	dialOptions := []grpc.DialOption{grpc.WithTransportCredentials(s.transport)}
 	if s.token != "" {
 		secure := s.transport.Info().SecurityProtocol != "insecure"
 		dialOptions = append(dialOptions, grpc.WithPerRPCCredentials(bearerToken{token: s.token, secure: secure}))
 	}
-	conn, err := grpc.NewClient(target, append(dialOptions, s.dialOptions...)...)
+	dialOptions = append(dialOptions, s.dialOptions...)
+	conn, err := grpc.NewClient(target, append(dialOptions, grpc.WithDefaultServiceConfig(s.retry.serviceConfig(false)))...)
 	if err != nil {
 		return nil, err
 	}
-	return &Client{conn: conn, stub: tandemv1.NewTandemServiceClient(conn), deadlines: s.deadlines}, nil
+	client := &Client{conn: conn, samplers: conn, deadlines: s.deadlines, retry: s.retry}
+	if len(s.samplers) > 0 {
+		if client.samplers, err = dialSamplers(s.samplers, append(dialOptions, grpc.WithDefaultServiceConfig(s.retry.serviceConfig(true)))); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
+	client.stub = tandemv1.NewTandemServiceClient(client.conn)
+	client.sampler = tandemv1.NewTandemServiceClient(client.samplers)
+	return client, nil
 }
 
-// Close closes the connection; calls in flight are cancelled.
-func (c *Client) Close() error { return c.conn.Close() }
+// dialSamplers opens one connection balanced over the samplers: a gRPC target
+// name as it is, or a list of host:port addresses handed to gRPC by a resolver
+// of this connection's own.
+func dialSamplers(targets []string, dialOptions []grpc.DialOption) (*grpc.ClientConn, error) {
+	if len(targets) == 1 {
+		return grpc.NewClient(targets[0], dialOptions...)
+	}
+	addresses := make([]resolver.Address, len(targets))
+	for i, target := range targets {
+		addresses[i] = resolver.Address{Addr: target}
+	}
+	list := manual.NewBuilderWithScheme(samplerResolverScheme)
+	list.InitialState(resolver.State{Addresses: addresses})
+	return grpc.NewClient(samplerResolverScheme+":///samplers", append(dialOptions, grpc.WithResolvers(list))...)
+}
 
-// Stub is the generated client on the same connection, for anything the wrapper does not cover.
+// Close closes the connections; calls in flight are cancelled.
+func (c *Client) Close() error {
+	if c.samplers != c.conn {
+		c.samplers.Close()
+	}
+	return c.conn.Close()
+}
+
+// Stub is the generated client on the trainer's connection (the one server's
+// without WithSamplers), for anything the wrapper does not cover.
 func (c *Client) Stub() tandemv1.TandemServiceClient { return c.stub }
+
+// SamplerStub is the generated client on the samplers' connection (the same as Stub without WithSamplers).
+func (c *Client) SamplerStub() tandemv1.TandemServiceClient { return c.sampler }
 
 // withDefault gives ctx the default deadline when it has none.
 func withDefault(ctx context.Context, limit time.Duration) (context.Context, context.CancelFunc) {
@@ -123,35 +168,70 @@ func (c *Client) UnloadModel(ctx context.Context) (bool, error) {
 
 // GenerateStream calls onChunk with each Generate event as the engine produces
 // it. Returning an error from onChunk, or cancelling ctx, cancels the call (the
-// server stops those sequences); that error is returned.
+// server stops those sequences); that error is returned. A stream that breaks
+// with UNAVAILABLE before its first event is started again (on another
+// sampler where there are several); after an event reached onChunk the error
+// is returned, since starting again would sample anew and repeat events.
 func (c *Client) GenerateStream(ctx context.Context, req *tandemv1.GenerateRequest, onChunk func(*tandemv1.GenerateResponse) error) error {
+	return c.generate(ctx, req, onChunk, nil)
+}
+
+// Generate collects whole completions, ordered by prompt then sample index.
+// Nothing reaches the caller before the call ends, so a stream that breaks
+// with UNAVAILABLE part-way is started again from the beginning (on another
+// sampler where there are several); what it had produced is dropped.
+func (c *Client) Generate(ctx context.Context, req *tandemv1.GenerateRequest) ([]*Completion, error) {
+	var collector completionCollector
+	if err := c.generate(ctx, req, collector.add, collector.reset); err != nil {
+		return nil, err
+	}
+	return collector.completions(), nil
+}
+
+// generate runs a Generate stream into onChunk, starting it again after an
+// UNAVAILABLE break while the retry policy and ctx allow: always when restart
+// is given (it is called first, to drop what was delivered), else only while
+// nothing was delivered.
+func (c *Client) generate(ctx context.Context, req *tandemv1.GenerateRequest, onChunk func(*tandemv1.GenerateResponse) error, restart func()) error {
 	ctx, cancel := withDefault(ctx, c.deadlines.Generate)
 	defer cancel()
-	stream, err := c.stub.Generate(ctx, req)
-	if err != nil {
-		return err
-	}
-	for {
-		chunk, err := stream.Recv()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
+	for attempt := 1; ; attempt++ {
+		delivered, err := c.generateOnce(ctx, req, onChunk)
+		if status.Code(err) != codes.Unavailable || attempt >= c.retry.MaxAttempts || (delivered && restart == nil) {
 			return err
 		}
-		if err := onChunk(chunk); err != nil {
+		select {
+		case <-ctx.Done():
 			return err
+		case <-time.After(c.retry.backoff(attempt)):
+		}
+		if delivered {
+			restart()
 		}
 	}
 }
 
-// Generate collects whole completions, ordered by prompt then sample index.
-func (c *Client) Generate(ctx context.Context, req *tandemv1.GenerateRequest) ([]*Completion, error) {
-	var collector completionCollector
-	if err := c.GenerateStream(ctx, req, collector.add); err != nil {
-		return nil, err
+// generateOnce runs one Generate stream into onChunk; delivered says whether onChunk saw an event.
+func (c *Client) generateOnce(ctx context.Context, req *tandemv1.GenerateRequest, onChunk func(*tandemv1.GenerateResponse) error) (delivered bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.sampler.Generate(ctx, req)
+	if err != nil {
+		return false, err
 	}
-	return collector.completions(), nil
+	for {
+		chunk, err := stream.Recv()
+		if err == io.EOF {
+			return delivered, nil
+		}
+		if err != nil {
+			return delivered, err
+		}
+		delivered = true
+		if err := onChunk(chunk); err != nil {
+			return delivered, err
+		}
+	}
 }
 
 // TrainStep trains on one micro-batch and, unless req.Accumulate, applies an optimizer step.
@@ -170,7 +250,7 @@ func (c *Client) ComputeLogprobs(ctx context.Context, adapter string, sequences 
 	for _, ids := range sequences {
 		req.Sequences = append(req.Sequences, &tandemv1.TokenIds{Ids: ids})
 	}
-	return c.stub.ComputeLogprobs(ctx, req)
+	return c.sampler.ComputeLogprobs(ctx, req)
 }
 
 // SaveAdapter saves the trained adapter and optimizer state as checkpoint name.
@@ -219,7 +299,7 @@ func TextInputs(texts ...string) []*tandemv1.TokenizeInput {
 func (c *Client) Tokenize(ctx context.Context, req *tandemv1.TokenizeRequest) ([]*tandemv1.TokenizedInput, error) {
 	ctx, cancel := withDefault(ctx, c.deadlines.Call)
 	defer cancel()
-	reply, err := c.stub.Tokenize(ctx, req)
+	reply, err := c.sampler.Tokenize(ctx, req)
 	return reply.GetResults(), err
 }
 
@@ -232,6 +312,6 @@ func (c *Client) Detokenize(ctx context.Context, skipSpecialTokens bool, sequenc
 	for _, ids := range sequences {
 		req.Sequences = append(req.Sequences, &tandemv1.TokenIds{Ids: ids})
 	}
-	reply, err := c.stub.Detokenize(ctx, req)
+	reply, err := c.sampler.Detokenize(ctx, req)
 	return reply.GetTexts(), err
 }

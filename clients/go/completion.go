@@ -54,6 +54,9 @@ func (cc *completionCollector) add(chunk *tandemv1.GenerateResponse) error {
 	return nil
 }
 
+// reset drops everything collected (a broken stream's partial samples).
+func (cc *completionCollector) reset() { cc.bySample = nil }
+
 func (cc *completionCollector) completions() []*Completion {
 	out := make([]*Completion, 0, len(cc.bySample))
 	for _, completion := range cc.bySample {

@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"os"
 	"time"
 
@@ -28,8 +31,13 @@ type Deadlines struct {
 var DefaultDeadlines = Deadlines{Call: time.Minute, Generate: 10 * time.Minute, TrainStep: 10 * time.Minute, LoadModel: time.Hour}
 
 // RetryPolicy retries calls that fail with UNAVAILABLE, with exponential
-// backoff (gRPC's own retry support; streams are retried only before their
-// first response). MaxAttempts counts the first attempt; gRPC caps it at 5.
+// backoff: gRPC's own retry support, where each retry goes to the replica the
+// balancer picks next; streams are retried only before their first response.
+// On top of that, a Generate stream that breaks with UNAVAILABLE before any
+// event reached the caller's callback is started again (Generate, which
+// returns only whole completions, starts again whenever it breaks), up to
+// MaxAttempts times, within the context's deadline. MaxAttempts counts the
+// first attempt; gRPC caps it at 5.
 type RetryPolicy struct {
 	MaxAttempts    int
 	InitialBackoff time.Duration
@@ -45,7 +53,25 @@ type settings struct {
 	transport   credentials.TransportCredentials
 	deadlines   Deadlines
 	retry       RetryPolicy
+	samplers    []string
 	dialOptions []grpc.DialOption
+}
+
+// WithSamplers sends Generate, ComputeLogprobs, Tokenize and Detokenize to
+// sampler replicas instead of the target, which is then the trainer (every
+// other call goes there). One target is a gRPC target name, balanced by gRPC's
+// round_robin policy over every address it resolves to (for a Kubernetes
+// headless Service: "dns:///tandem-sampler.NAMESPACE.svc:50051"); several are
+// host:port addresses, balanced the same way over one connection. A call that
+// fails with UNAVAILABLE is retried on the next replica the policy picks.
+func WithSamplers(targets ...string) Option {
+	return func(s *settings) error {
+		if len(targets) == 0 {
+			return fmt.Errorf("tandem: WithSamplers needs at least one target")
+		}
+		s.samplers = targets
+		return nil
+	}
 }
 
 // WithToken sends "authorization: Bearer <token>" on every call.
@@ -123,15 +149,33 @@ func WithDialOptions(options ...grpc.DialOption) Option {
 	}
 }
 
-// serviceConfig is the gRPC service config that retries UNAVAILABLE on every TandemService method.
-func (p RetryPolicy) serviceConfig() string {
-	if p.MaxAttempts < 2 {
-		return `{}`
+// backoff is the wait before retry number retry (1-based): as gRPC's own, capped, with jitter in [50 %, 100 %].
+func (p RetryPolicy) backoff(retry int) time.Duration {
+	ceiling := math.Min(float64(p.MaxBackoff), float64(p.InitialBackoff)*math.Pow(p.Multiplier, float64(retry-1)))
+	return time.Duration(ceiling * (0.5 + rand.Float64()/2))
+}
+
+// serviceConfig is the gRPC service config that retries UNAVAILABLE on every
+// TandemService method and, when balanced, spreads calls with round_robin.
+func (p RetryPolicy) serviceConfig(balanced bool) string {
+	config := map[string]any{}
+	if balanced {
+		config["loadBalancingConfig"] = []any{map[string]any{"round_robin": map[string]any{}}}
 	}
-	return fmt.Sprintf(`{"methodConfig": [{"name": [{"service": "tandem.v1.TandemService"}], "retryPolicy": {`+
-		`"maxAttempts": %d, "initialBackoff": "%.3fs", "maxBackoff": "%.3fs", "backoffMultiplier": %g, `+
-		`"retryableStatusCodes": ["UNAVAILABLE"]}}]}`,
-		p.MaxAttempts, p.InitialBackoff.Seconds(), p.MaxBackoff.Seconds(), p.Multiplier)
+	if p.MaxAttempts >= 2 {
+		config["methodConfig"] = []any{map[string]any{
+			"name": []any{map[string]string{"service": "tandem.v1.TandemService"}},
+			"retryPolicy": map[string]any{
+				"maxAttempts":          p.MaxAttempts,
+				"initialBackoff":       fmt.Sprintf("%.3fs", p.InitialBackoff.Seconds()),
+				"maxBackoff":           fmt.Sprintf("%.3fs", p.MaxBackoff.Seconds()),
+				"backoffMultiplier":    p.Multiplier,
+				"retryableStatusCodes": []string{"UNAVAILABLE"},
+			},
+		}}
+	}
+	encoded, _ := json.Marshal(config) // maps of strings and numbers always encode
+	return string(encoded)
 }
 
 // bearerToken puts the token into every call's metadata.

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.clients.helpers import start_servers
 from tests.support.certs import start_mutual_tls_server
 from tests.support.server import REPO, ServerProcess, require_tool
 
 GO_MODULE = REPO / "clients" / "go"
 TOKEN = "go-client-token"
+REPLICA_TEST = "TestSamplerReplicasSpreadAndSurviveAKill"
 
 
 def go(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -47,10 +50,28 @@ def test_go_vet() -> None:
 
 @pytest.mark.timeout(900)
 def test_go_test_against_live_servers(server: ServerProcess, secure_env: dict[str, str]) -> None:
-    result = go("test", "-count=1", "-v", "./...", env={"TANDEM_ADDR": server.address, **secure_env})
+    result = go("test", "-count=1", "-v", "-skip", REPLICA_TEST, "./...", env={"TANDEM_ADDR": server.address, **secure_env})
     passed = set(re.findall(r"--- PASS: (\w+)", result.stdout))
     assert {"TestLoadGenerateTrainGenerate", "TestStoppingAStreamEarlyCancelsIt", "TestDeadlineExceeded", "TestMutualTLSAndToken", "TestTokenizeDetokenize"} <= passed
     assert "--- SKIP" not in result.stdout, "the servers' addresses reached the tests"
+
+
+@pytest.mark.timeout(900)
+def test_go_client_spreads_over_sampler_replicas_and_survives_a_kill(tiny_cache: Path, server_logs: Path) -> None:
+    """The Go test kills the second server while it decodes; every call ends on the first."""
+    replicas = start_servers(2, tiny_cache, server_logs)
+    try:
+        env = {
+            "TANDEM_SAMPLERS": ",".join(server.address for server in replicas),
+            "TANDEM_VICTIM_PID": str(replicas[1].process.pid),
+            "TANDEM_VICTIM_METRICS": replicas[1].metrics_url,
+        }
+        result = go("test", "-count=1", "-v", "-run", f"^{REPLICA_TEST}$", ".", env=env)
+        assert f"--- PASS: {REPLICA_TEST}" in result.stdout
+        assert replicas[1].process.wait(timeout=10) == -signal.SIGKILL and replicas[0].process.poll() is None
+    finally:
+        for server in replicas:
+            server.stop()
 
 
 @pytest.mark.timeout(900)
