@@ -79,3 +79,11 @@ async def test_deadline_and_invalid_argument_are_typed(client: AsyncClient) -> N
         await client.generate("x", sampling={"temperature": -1.0})
     with pytest.raises(tandem.InvalidArgument):
         await client.train_step([])
+
+
+async def test_tokenize_and_detokenize_concurrently(client: AsyncClient) -> None:
+    texts = [f"The people {i}" for i in range(8)]
+    results = await asyncio.gather(*(client.tokenize(text) for text in texts))
+    ids = [list(result.ids) for (result,) in results]
+    assert ids == [list(r.ids) for r in await client.tokenize(texts)], "one call per text or one for all: the same ids"
+    assert await client.detokenize(ids, skip_special_tokens=True) == texts
