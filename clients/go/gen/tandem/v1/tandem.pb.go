@@ -3559,7 +3559,8 @@ func (*TokenizeInput_Chat) isTokenizeInput_Input() {}
 // TokenizeRequest asks for token ids of a batch of inputs.
 type TokenizeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Inputs, 1 to the server's --max-prompts-per-request.
+	// Inputs, 1 to the server's --max-prompts-per-request; each must come to at
+	// most the model's max_seq_length tokens (else INVALID_ARGUMENT).
 	Inputs []*TokenizeInput `protobuf:"bytes,1,rep,name=inputs,proto3" json:"inputs,omitempty"`
 	// Add the tokenizer's special tokens (e.g. BOS) as a Generate text prompt
 	// does. Default true for text; chat inputs follow the chat template, which
@@ -3804,8 +3805,8 @@ func (x *TokenizeResponse) GetResults() []*TokenizedInput {
 // DetokenizeRequest asks for the text of lists of token ids.
 type DetokenizeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Token id lists, 1 to the server's --max-prompts-per-request; every id in
-	// [0, vocab_size).
+	// Token id lists, 1 to the server's --max-prompts-per-request, each at most
+	// the model's max_seq_length ids; every id in [0, vocab_size).
 	Sequences []*TokenIds `protobuf:"bytes,1,rep,name=sequences,proto3" json:"sequences,omitempty"`
 	// Leave special tokens (BOS, EOS, padding ...) out of the text. Default
 	// false.
