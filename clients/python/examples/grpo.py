@@ -11,6 +11,12 @@ share of the vocabulary; the trained one fills most positions from it.
     python clients/python/examples/grpo.py --fresh --steps 30 --plot grpo.png --save grpo-run
     python clients/python/examples/grpo.py --steps 20 --resume grpo-run   # continue, even after a server restart
 
+Against one trainer and sampler replicas (docs/scale-out.md), sampling goes to
+the samplers and every Generate asks for the version the last TrainStep made
+(``min_adapter_version``), so each sample is on-policy whichever replica serves it:
+
+    python clients/python/examples/grpo.py --address trainer:50051 --samplers sampler-1:50051,sampler-2:50051
+
 Each step: sample ``--group-size`` completions for each prompt from the
 current adapter (with logprobs), check that every sample reports the adapter
 version the step is based on, score them, normalise rewards within each group,
@@ -28,6 +34,7 @@ import time
 from dataclasses import dataclass
 
 from tandem import Client, Completion
+from tandem.routing import parse_samplers
 
 EOS_ID = 2
 
@@ -73,7 +80,7 @@ def training_sequence(prompt: list[int], completion: Completion, advantage: floa
 def grpo_step(client: Client, task: Task, version: int, args: argparse.Namespace) -> tuple[float, object]:
     """Sample, score, and train once; returns the batch's mean reward and the TrainStep reply."""
     sampling = {"n": args.group_size, "temperature": 1.0, "max_tokens": task.max_tokens, "logprobs": 0}
-    completions = client.generate(task.prompts, sampling=sampling)
+    completions = client.generate(task.prompts, sampling=sampling, min_adapter_version=version)
     stale = [c for c in completions if c.adapter_version != version]
     if stale:  # every sample must come from the policy this step updates
         raise RuntimeError(f"{len(stale)} samples came from adapter version {stale[0].adapter_version}, expected {version}")
@@ -116,7 +123,8 @@ def plot(curve: list[float], path: str) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--address", default="127.0.0.1:50051", help="server host:port (default %(default)s)")
+    parser.add_argument("--address", default="127.0.0.1:50051", help="server host:port; with --samplers, the trainer's (default %(default)s)")
+    parser.add_argument("--samplers", type=parse_samplers, help="sampler replicas for Generate: host:port,host:port or dns:///name:port (default: --address)")
     parser.add_argument("--steps", type=int, default=30, help="GRPO steps (default %(default)s)")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step (default %(default)s)")
     parser.add_argument("--group-size", type=int, default=8, help="samples per prompt (default %(default)s)")
@@ -139,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run GRPO for --steps steps and report the reward curve."""
     args = parse_args(argv)
     task = make_task(args)
-    with Client(args.address) as client:
+    with Client(args.address, samplers=args.samplers) as client:
         model = None if args.fresh else client.get_model()
         if model is None:
             model = client.load_model()

@@ -7,6 +7,10 @@ warm-up then a cosine decay of the learning rate, sent with every step.
 
     python -m service &
     python clients/python/examples/sft.py clients/python/examples/data/sft_sample.jsonl --epochs 6 --save sft-run
+
+Against one trainer and sampler replicas, add ``--address trainer:50051
+--samplers sampler-1:50051,sampler-2:50051``: training goes to the trainer, and
+the closing sample to a sampler, asking for the version the last step made.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from pathlib import Path
 
 from tandem import Client
+from tandem.routing import parse_samplers
 
 
 def read_examples(path: Path) -> list[dict[str, str]]:
@@ -57,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path, help="JSONL file of {\"prompt\", \"completion\"} records")
-    parser.add_argument("--address", default="127.0.0.1:50051", help="server host:port (default %(default)s)")
+    parser.add_argument("--address", default="127.0.0.1:50051", help="server host:port; with --samplers, the trainer's (default %(default)s)")
+    parser.add_argument("--samplers", type=parse_samplers, help="sampler replicas for Generate: host:port,host:port or dns:///name:port (default: --address)")
     parser.add_argument("--epochs", type=int, default=6, help="passes over the data (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=4, help="examples per TrainStep (default %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-2, help="peak AdamW learning rate (default %(default)s)")
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     total = args.epochs * math.ceil(len(examples) / args.batch_size)
     epoch_losses: list[float] = []
-    with Client(args.address) as client:
+    with Client(args.address, samplers=args.samplers) as client:
         if args.fresh or client.get_model() is None:
             client.load_model()
         if args.resume:
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"epoch {epoch}: mean loss {epoch_losses[-1]:.4f}")
         seconds = time.perf_counter() - started
         first = examples[0]
-        sample = client.generate(first["prompt"], sampling={"temperature": 0.0, "max_tokens": 16})[0]
+        sample = client.generate(first["prompt"], sampling={"temperature": 0.0, "max_tokens": 16}, min_adapter_version=reply.adapter_version)[0]
         print(f"greedy answer to {first['prompt']!r}: {sample.text!r} (trained on {first['completion']!r})")
         if args.save:
             saved = client.save_adapter(args.save, overwrite=True)
