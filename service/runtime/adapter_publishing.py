@@ -99,8 +99,15 @@ class AdapterPublisher:
             log.warning("the last adapter publish did not finish within %.0f s; samplers keep version %d", FLUSH_SECONDS, self.published_version)
 
     async def _on_adapter_change(self, version: int) -> None:
-        """Mark a publish due every ``publish_every_steps`` optimizer steps, and on any change that is not one step."""
-        description = await self._host.describe()
+        """Mark a publish due every ``publish_every_steps`` optimizer steps, and on any change that is not one step.
+
+        Awaited by the controller after the change; it never raises into the call that made it.
+        """
+        try:
+            description = await self._host.describe()
+        except Exception:
+            log.warning("cannot describe the model after adapter version %d changed; not publishing it", version, exc_info=True)
+            return
         if description is None or description.publish_every_steps == 0:
             return
         change = (version, description.step)
