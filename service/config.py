@@ -34,7 +34,7 @@ class Limits:
     Every field is a server flag (``--max-new-tokens`` ...); docs/security.md lists them.
     """
 
-    max_prompts_per_request: int = _limit(256, "Generate: most prompts in one request")
+    max_prompts_per_request: int = _limit(256, "Generate: most prompts in one request; Tokenize, Detokenize: most inputs")
     max_samples_per_prompt: int = _limit(64, "Generate: largest sampling.n")
     max_new_tokens: int = _limit(4096, "Generate: largest sampling.max_tokens")
     max_top_logprobs: int = _limit(20, "Generate: largest sampling.logprobs (top alternatives per token)")
