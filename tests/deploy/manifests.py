@@ -13,6 +13,10 @@ from tests.support.server import REPO
 
 K8S = REPO / "deploy" / "k8s"
 KUSTOMIZATIONS = {"base": K8S / "base", "gpu": K8S / "overlays" / "gpu"}
+"""One pod holding the model: a Deployment of one."""
+SCALE_OUT = K8S / "overlays" / "scale-out"
+"""A trainer StatefulSet and a sampler Deployment (docs/deploy.md)."""
+WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 _VARIABLE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -27,16 +31,21 @@ def one_of_kind(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found
 
 
-def container(documents: list[dict[str, Any]]) -> dict[str, Any]:
-    """The Deployment's one container."""
-    (only,) = one_of_kind(documents, "Deployment")["spec"]["template"]["spec"]["containers"]
+def workloads(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rendered Deployments and StatefulSets."""
+    return [doc for doc in documents if doc["kind"] in WORKLOAD_KINDS]
+
+
+def container(documents: list[dict[str, Any]], workload: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one container of ``workload`` (default: the one Deployment)."""
+    (only,) = (workload or one_of_kind(documents, "Deployment"))["spec"]["template"]["spec"]["containers"]
     return only
 
 
-def container_argv(documents: list[dict[str, Any]]) -> list[str]:
+def container_argv(documents: list[dict[str, Any]], workload: dict[str, Any] | None = None) -> list[str]:
     """The container's args with ``$(VAR)`` expanded the way the kubelet does, from its
     ConfigMap ``envFrom`` and literal ``env`` values; an undefined variable is an error."""
-    spec = container(documents)
+    spec = container(documents, workload)
     configmaps = {doc["metadata"]["name"]: doc.get("data", {}) for doc in documents if doc["kind"] == "ConfigMap"}
     environment: dict[str, str] = {}
     for source in spec.get("envFrom", []):
