@@ -15,6 +15,9 @@ from service.startup_noise import silence_dependency_noise
 
 AUTH_TOKEN_ENV = "TANDEM_AUTH_TOKEN"
 MODEL_ENV = "TANDEM_MODEL"
+ROLE_ENV = "TANDEM_ROLE"
+ADAPTER_STORE_ENV = "TANDEM_ADAPTER_STORE"
+TRAINER_ADDRESS_ENV = "TANDEM_TRAINER_ADDRESS"
 
 
 def _flag(name: str) -> str:
@@ -51,11 +54,23 @@ def _add_scale_out_flags(parser: argparse.ArgumentParser, defaults: ServerConfig
     group.add_argument(
         "--role",
         choices=[role.value for role in Role],
-        default=defaults.role.value,
-        help="trainer: train and publish to --adapter-store; sampler: serve the newest published adapter; both: train and sample here (default %(default)s)",
+        default=os.environ.get(ROLE_ENV) or defaults.role.value,
+        help=f"trainer: train and publish to --adapter-store; sampler: serve the newest published adapter; both: train and sample here "
+        f"(default ${ROLE_ENV} when set, else {defaults.role.value})",
     )
-    group.add_argument("--adapter-store", type=Path, default=None, metavar="DIR", help="adapter store directory shared by the trainer and its samplers")
-    group.add_argument("--trainer-address", default=None, metavar="HOST:PORT", help="sampler: where TrainStep goes (named in refusals and GetModel)")
+    group.add_argument(
+        "--adapter-store",
+        type=Path,
+        default=os.environ.get(ADAPTER_STORE_ENV) or None,
+        metavar="DIR",
+        help=f"adapter store directory shared by the trainer and its samplers (default ${ADAPTER_STORE_ENV} when set)",
+    )
+    group.add_argument(
+        "--trainer-address",
+        default=os.environ.get(TRAINER_ADDRESS_ENV) or None,
+        metavar="HOST:PORT",
+        help=f"sampler: where TrainStep goes, named in refusals and GetModel (default ${TRAINER_ADDRESS_ENV} when set)",
+    )
     group.add_argument(
         "--max-adapter-wait-seconds",
         type=float,
@@ -66,6 +81,8 @@ def _add_scale_out_flags(parser: argparse.ArgumentParser, defaults: ServerConfig
 
 
 def _check_scale_out(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.role not in {role.value for role in Role}:  # argparse checks choices on the command line only, not $TANDEM_ROLE
+        parser.error(f"${ROLE_ENV}={args.role!r} is not a role: use one of {', '.join(role.value for role in Role)}")
     if args.role == Role.BOTH.value and args.adapter_store is not None:
         parser.error("--adapter-store needs --role trainer or --role sampler")
     if args.role != Role.BOTH.value and args.adapter_store is None:

@@ -8,7 +8,7 @@ import pytest
 from tandem.v1 import tandem_pb2 as pb
 
 from service import convert
-from service.__main__ import parse_config
+from service.__main__ import ADAPTER_STORE_ENV, ROLE_ENV, TRAINER_ADDRESS_ENV, parse_config
 from service.config import Role
 from service.runtime.specs import RoleDescription
 
@@ -42,6 +42,18 @@ def test_inconsistent_role_flags_are_refused(flags: list[str], message: str, cap
     with pytest.raises(SystemExit):
         parse_config(flags)
     assert message in capsys.readouterr().err
+
+
+def test_the_environment_sets_the_role_store_and_trainer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv(ROLE_ENV, "sampler")
+    monkeypatch.setenv(ADAPTER_STORE_ENV, str(tmp_path))
+    monkeypatch.setenv(TRAINER_ADDRESS_ENV, "trainer:50051")
+    config = parse_config([])
+    assert (config.role, config.adapter_store, config.trainer_address) == (Role.SAMPLER, tmp_path, "trainer:50051")
+    monkeypatch.setenv(ROLE_ENV, "leader")
+    with pytest.raises(SystemExit):
+        parse_config([])
+    assert "$TANDEM_ROLE='leader' is not a role" in capsys.readouterr().err
 
 
 def test_publish_every_steps_defaults_to_every_step() -> None:
