@@ -14,7 +14,7 @@ from tests.deploy.promql import exported_series_names, metric_names
 from tests.support.server import REPO, ServerProcess
 
 DASHBOARD = REPO / "deploy" / "grafana" / "tandem-dashboard.json"
-AREAS = ("Throughput", "Latency", "Memory", "Training", "Errors")
+AREAS = ("Throughput", "Latency", "Memory", "Training", "Scale-out", "Errors")
 PROMETHEUS_SERIES = {"up"}  # written by Prometheus itself for every target
 # Grafana variables, as Grafana substitutes them before sending a query.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*"}
@@ -52,6 +52,22 @@ def test_dashboard_has_a_section_for_each_area(dashboard: dict[str, Any]) -> Non
     for panel in panels(dashboard):
         if panel["type"] != "row":
             assert panel.get("targets"), f"panel {panel['title']!r} queries nothing"
+
+
+def row(dashboard: dict[str, Any], title: str) -> list[dict[str, Any]]:
+    """The panels of row ``title``: those after it, up to the next row."""
+    flat = list(panels(dashboard))
+    start = next(index for index, panel in enumerate(flat) if panel["type"] == "row" and panel["title"] == title) + 1
+    end = next((index for index in range(start, len(flat)) if flat[index]["type"] == "row"), len(flat))
+    return flat[start:end]
+
+
+def test_scale_out_row_shows_each_replicas_version_and_the_publish_lag(dashboard: dict[str, Any]) -> None:
+    """Per pod (the label Prometheus gives each scraped replica) the version it serves; the publish -> serve lag."""
+    exprs = [target["expr"] for panel in row(dashboard, "Scale-out") for target in panel["targets"]]
+    assert any(re.search(r"by \(pod\) \(tandem_adapter_version\{", expr) for expr in exprs)
+    lag = [expr for expr in exprs if "tandem_adapter_publish_lag_seconds_bucket" in expr]
+    assert lag and all(expr.startswith("histogram_quantile(") for expr in lag)
 
 
 def test_expressions_use_only_exported_metric_names(dashboard: dict[str, Any], server: ServerProcess) -> None:
