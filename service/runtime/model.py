@@ -119,6 +119,7 @@ class LoadedModel:
             random_state=spec.random_state,
             standby=spec.standby,
             special_tokens=special_tokens(self.tokenizer),
+            publish_every_steps=spec.publish_every_steps,
         )
 
 
