@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from transformers import AutoConfig
+from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
 
 from service.errors import InvalidArgument, NotFound
 from service.tiny_model import ensure_builtin_model, is_builtin
@@ -37,15 +37,18 @@ def resolve_model_dir(name: str, model_roots: tuple[Path, ...], cache_dir: Path)
 
 
 def check_builtin_architecture(name: str, model_dir: Path) -> None:
-    """The model's config.json must load without remote code: trust_remote_code is never enabled.
+    """The model must be a causal LM whose classes ship with transformers: its config.json loads without remote
+    code (trust_remote_code is never enabled) and transformers has a built-in causal-LM class for that config.
 
     Checked before the loaded model is released, so such a request leaves it serving.
     """
     try:
-        AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     except (ValueError, OSError) as error:  # transformers' words name server paths: not passed on
         raise InvalidArgument(
             "model_name",
             f"{name!r} has a config.json that transformers cannot load without running the model's own code "
             f"(trust_remote_code is never enabled) or that is invalid ({type(error).__name__})",
         ) from None
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise InvalidArgument("model_name", f"{name!r} is a {config.model_type!r} model, which has no built-in causal-LM class in transformers")

@@ -1,11 +1,14 @@
-"""The transformers engine: batched decoding on the PEFT model itself.
+"""The transformers engine: continuously batched decoding on the PEFT model itself.
 
 Requests that arrive together are decoded as one left-padded batch with a KV
 cache, one token per ``step()``, each sample with its own sampling parameters
-and seeded generator. A batch holds samples of one adapter selector; new
-requests join when the running batch finishes. Because the engine samples on
-the trainer's own model, a new adapter needs no copy (``sync_adapter`` only
-records the version).
+and seeded generator. A batch holds samples of one adapter selector (up to
+``max_batch_size``); requests for it that arrive while it runs join at the
+next step: they are prefilled, the caches left-padded to one width and
+stacked, and finished rows dropped, so a long sample never holds short ones
+back. Requests for another selector wait until the batch ends. Because the
+engine samples on the trainer's own model, a new adapter needs no copy
+(``sync_adapter`` only records the version).
 """
 
 from __future__ import annotations
