@@ -66,7 +66,7 @@ def _keep_cpu_weight_layout(model: torch.nn.Module) -> None:
 def attach_lora(base: torch.nn.Module, spec: LoadSpec) -> torch.nn.Module:
     """Wrap the base in a PEFT LoRA model, seeded by random_state; only LoRA weights train."""
     if spec.gradient_checkpointing:
-        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        _enable_activation_checkpointing(base)
         base.enable_input_require_grads()
     config = LoraConfig(
         r=spec.lora.rank,
@@ -82,6 +82,16 @@ def attach_lora(base: torch.nn.Module, spec: LoadSpec) -> torch.nn.Module:
             return get_peft_model(base, config)
         except ValueError as error:  # PEFT names the modules it could not find
             raise InvalidArgument("lora.target_modules", str(error)) from None
+
+
+def _enable_activation_checkpointing(base: torch.nn.Module) -> None:
+    """Recompute activations in backward: ``activation_checkpointing_enable`` from transformers 5.23 (the older name
+    warns there); the GPU kit's transformers 5.17 has only ``gradient_checkpointing_enable``."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def check_lora_targets(model_dir: Path, spec: LoadSpec) -> None:
