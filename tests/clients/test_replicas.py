@@ -63,6 +63,8 @@ def test_sampler_flag_is_a_target_or_a_list() -> None:
     assert parse_samplers("a:1, b:2,") == ("a:1", "b:2")
     with pytest.raises(ValueError):
         parse_samplers(" , ")
+    with pytest.raises(ValueError, match="samplers"):
+        tandem.Client("127.0.0.1:1", samplers=[])
 
 
 @pytest.mark.parametrize("asyncio_client", [False, True], ids=["sync", "asyncio"])

@@ -73,6 +73,8 @@ class Routes:
 
 def open_routes(settings: ConnectionSettings, kind: ChannelKind) -> Routes:
     """Open the trainer's channel and the samplers' (the same one when no samplers are set)."""
+    if settings.samplers is not None and not settings.samplers:
+        raise ValueError("samplers: give a gRPC target or at least one host:port address (None: the target serves them)")
     trainer = settings.open_channel(settings.target, kind)
     if settings.samplers is None:
         samplers = [trainer]
