@@ -1,147 +1,259 @@
-"""Baselines of the GPU benchmark, in one process of their own (gpu_bench.py runs it):
+"""The GPU benchmark's baselines, each in a process of its own (gpu_bench.py starts them).
 
-1. vLLM alone: ``LLM(...)`` with the service's own engine settings; GPU memory after start.
-2. The base loaded a second time: transformers + bitsandbytes 4-bit + PEFT beside that engine; GPU memory.
-3. In-process ``LLM.generate`` with a rank-64 LoRA, PROMPTS x PROMPT_TOKENS in, NEW_TOKENS out.
-4. transformers ``generate`` on that PEFT model (HF_PROMPTS x HF_NEW_TOKENS).
-5. A plain PEFT + bitsandbytes training loop on the service's TrainStep batch.
+    python tests/bench/gpu_baselines.py peft --cache-dir DIR --adapter-dir DIR --steps N --json OUT.json
+    python tests/bench/gpu_baselines.py serve --engine {llm,async_llm} --cache-dir DIR --adapter-dir DIR
 
-    python tests/bench/gpu_baselines.py --cache-dir DIR --json OUT.json
+``peft``: a plain PEFT + bitsandbytes training loop on TrainStep's batch
+(forward, cross-entropy, backward, clip to 1.0, AdamW), each step timed; it
+first saves the rank-64 adapter (random non-zero B) that the vLLM baselines
+serve, so LoRA changes what they sample.
+
+``serve``: vLLM alone on the same model with the engine arguments Tandem uses
+(``vllm_backend.engine_kwargs`` of the same LoadSpec, without Tandem's worker
+extension) and that adapter from its directory, then a line protocol:
+
+- ``llm``: ``LLM.generate`` of all prompts at once; ``VLLM_ENABLE_V1_MULTIPROCESSING``
+  decides where the engine core runs (0: in this process, 1: a child process).
+- ``async_llm``: ``AsyncLLM`` (engine core in a child process), one ``generate()``
+  per prompt, all concurrent, DELTA outputs as Tandem streams them.
+
+Protocol: this process writes JSON lines on its standard output, the first
+``{"event": "ready", ...}`` once the engine is up; then it reads ``run text``
+or ``run ids`` (detokenize off) from its standard input and answers each with
+one ``{"event": "run", ...}`` line (tokens, seconds, tokens_per_second), and
+``quit`` shuts the engine down. vLLM's own output goes to standard error.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import itertools
 import json
 import os
+import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-import torch
+from typing import IO, Any
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "clients/python/src")]
 
-from service.runtime.engines.base import BuildContext  # noqa: E402
-from service.runtime.engines.vllm_backend import VllmOptions, engine_kwargs  # noqa: E402
-from service.runtime.peft_model import attach_lora, load_hf_base  # noqa: E402
+from service.runtime.engines import vllm_backend  # noqa: E402
 from service.tiny_model import ensure_builtin_model  # noqa: E402
 from tests.bench.gpu_workload import (  # noqa: E402
-    HF_NEW_TOKENS,
-    HF_PROMPTS,
     LEARNING_RATE,
     MODEL,
     NEW_TOKENS,
     PROMPT_TOKENS,
     PROMPTS,
-    TRAIN_STEPS,
-    gpu_used_bytes,
+    TEMPERATURE,
     load_spec,
     prompt_ids,
     train_batch,
+    train_tokens,
 )
 
-DEVICE = torch.device("cuda", 0)
-DTYPE = torch.bfloat16
+MODES = ("text", "ids")
+"""``text``: vLLM detokenizes, as it returns text by default; ``ids``: ``detokenize=False``."""
+LORA_ID = 1
 
 
-def timed_cuda(fn) -> float:
-    """Seconds ``fn()`` took, GPU work included."""
-    torch.cuda.synchronize()
+def baseline_engine_kwargs(model_dir: Path) -> dict[str, Any]:
+    """Tandem's engine arguments for the benchmark's LoadSpec, without Tandem's worker extension, and with
+    ``max_num_batched_tokens`` pinned to what Tandem's engine resolves it to.
+
+    vLLM picks that default by entry point: ``AsyncLLM.from_engine_args`` (Tandem's, usage context
+    ENGINE_CONTEXT) gets 2048, ``LLM`` 16384 on a large GPU. It sizes prefill chunks and is part of
+    the compile cache's key, so leaving it to ``LLM`` would compare other settings and compile anew.
+    """
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    kwargs = vllm_backend.engine_kwargs(load_spec(), model_dir, vllm_backend.OPTIONS)
+    del kwargs["worker_extension_cls"]
+    tandem = AsyncEngineArgs(**kwargs).create_engine_config(UsageContext.ENGINE_CONTEXT)
+    kwargs["max_num_batched_tokens"] = tandem.scheduler_config.max_num_batched_tokens
+    return kwargs
+
+
+def run_peft(model_dir: Path, adapter_dir: Path, steps: int) -> dict:
+    """Save the baselines' adapter, then time ``steps`` steps of the plain PEFT loop (the first is a warm-up)."""
+    import torch
+
+    from service.runtime.peft_model import attach_lora, load_hf_base
+
+    device, dtype = torch.device("cuda", 0), torch.bfloat16
+    spec = load_spec()
     started = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - started
-
-
-def vllm_generate_tokens_per_second(llm, lora_request) -> tuple[float, list[float]]:
-    """Best of two timed ``LLM.generate`` runs of the benchmark batch (after a small warm-up)."""
-    from vllm import SamplingParams
-
-    prompts = [{"prompt_token_ids": ids} for ids in prompt_ids(PROMPTS, PROMPT_TOKENS)]
-    llm.generate(prompts[:16], SamplingParams(max_tokens=8, ignore_eos=True), lora_request=lora_request, use_tqdm=False)
-    params = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True, temperature=1.0)
-    rates = []
-    for _ in range(2):
-        started = time.perf_counter()
-        outputs = llm.generate(prompts, params, lora_request=lora_request, use_tqdm=False)
-        seconds = time.perf_counter() - started
-        rates.append(sum(len(o.outputs[0].token_ids) for o in outputs) / seconds)
-    return max(rates), rates
-
-
-def transformers_tokens_per_second(model) -> float:
-    """transformers ``generate`` (sampling, no early stop) on the PEFT model."""
-    ids = torch.tensor(prompt_ids(HF_PROMPTS, PROMPT_TOKENS), device=DEVICE)
-    mask = torch.ones_like(ids)
-    model.eval()
+    model = attach_lora(load_hf_base(model_dir, spec, dtype, device), spec)
+    load_seconds = time.perf_counter() - started
     with torch.no_grad():
-        model.generate(input_ids=ids[:2], attention_mask=mask[:2], max_new_tokens=4, do_sample=True, pad_token_id=2)
-        seconds = timed_cuda(
-            lambda: model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=HF_NEW_TOKENS, min_new_tokens=HF_NEW_TOKENS, do_sample=True, pad_token_id=2
-            )
-        )
-    return HF_PROMPTS * HF_NEW_TOKENS / seconds
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=1e-3)
+    model.save_pretrained(str(adapter_dir))
 
-
-def peft_train_tokens_per_second(model) -> float:
-    """A plain loop: forward, cross-entropy, backward, clip to 1.0, AdamW; tokens with a target per second."""
-    ids = torch.tensor(train_batch(), device=DEVICE)
+    batch = train_batch()
+    ids = torch.tensor(batch, device=device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=LEARNING_RATE)
+    optimizer = torch.optim.AdamW(trainable, lr=LEARNING_RATE, weight_decay=0.0)  # TrainStep's defaults
     model.train()
-
-    def step() -> None:
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
+    step_seconds = []
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        step_started = time.perf_counter()
+        model(input_ids=ids, labels=ids).loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        step_seconds.append(time.perf_counter() - step_started)
+    tokens = train_tokens(batch)
+    rates = [tokens / s for s in step_seconds[1:]]
+    return {
+        "load_seconds": load_seconds,
+        "tokens_per_step": tokens,
+        "step_seconds": step_seconds,
+        "tokens_per_second_median": statistics.median(rates) if rates else None,
+    }
 
-    step()  # warm-up
-    steps = TRAIN_STEPS - 1
-    seconds = timed_cuda(lambda: [step() for _ in range(steps)])
-    return steps * ids.shape[0] * (ids.shape[1] - 1) / seconds
+
+def sampling_params(mode: str, output_kind=None):
+    """The benchmark's sampling: NEW_TOKENS tokens, no early stop, temperature 1; detokenized in ``text`` mode."""
+    from vllm import SamplingParams
+
+    extra = {} if output_kind is None else {"output_kind": output_kind}
+    return SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True, temperature=TEMPERATURE, detokenize=mode == "text", **extra)
+
+
+def scheduling(vllm_config) -> dict:
+    """The scheduler settings the engine runs with, for the record."""
+    scheduler = vllm_config.scheduler_config
+    return {
+        "async_scheduling": scheduler.async_scheduling,
+        "max_num_batched_tokens": scheduler.max_num_batched_tokens,
+        "max_num_seqs": scheduler.max_num_seqs,
+    }
+
+
+def run_result(mode: str, tokens: int, seconds: float) -> dict:
+    """The protocol's answer to one run."""
+    return {"event": "run", "mode": mode, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds}
+
+
+def serve_llm(kwargs: dict[str, Any], adapter_dir: Path, protocol: IO[str]) -> None:
+    """``LLM.generate`` of all prompts per run, until ``quit``."""
+    from vllm import LLM
+    from vllm.inputs import TokensPrompt
+    from vllm.lora.request import LoRARequest
+
+    started = time.perf_counter()
+    llm = LLM(**kwargs)
+    ready = {"start_seconds": time.perf_counter() - started, **scheduling(llm.llm_engine.vllm_config)}
+    lora = LoRARequest("bench", LORA_ID, str(adapter_dir))
+    prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids(PROMPTS, PROMPT_TOKENS)]
+
+    def run(mode: str) -> dict:
+        params = sampling_params(mode)
+        run_started = time.perf_counter()
+        outputs = llm.generate(prompts, params, use_tqdm=False, lora_request=lora)
+        seconds = time.perf_counter() - run_started
+        return run_result(mode, sum(len(o.outputs[0].token_ids) for o in outputs), seconds)
+
+    try:
+        for mode in commands(protocol, ready):
+            send(protocol, run(mode))
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+
+
+async def serve_async_llm(kwargs: dict[str, Any], adapter_dir: Path, protocol: IO[str]) -> None:
+    """One concurrent ``AsyncLLM.generate()`` per prompt per run (DELTA outputs), until ``quit``."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.inputs import TokensPrompt
+    from vllm.lora.request import LoRARequest
+    from vllm.sampling_params import RequestOutputKind
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    started = time.perf_counter()
+    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+    ready = {"start_seconds": time.perf_counter() - started, **scheduling(engine.vllm_config)}
+    lora = LoRARequest("bench", LORA_ID, str(adapter_dir))
+    prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids(PROMPTS, PROMPT_TOKENS)]
+    request_ids = itertools.count()
+
+    async def one(prompt, params) -> int:
+        tokens = 0
+        async for output in engine.generate(prompt, params, f"bench-{next(request_ids)}", lora_request=lora):
+            tokens += len(output.outputs[0].token_ids)
+        return tokens
+
+    async def run(mode: str) -> dict:
+        params = sampling_params(mode, RequestOutputKind.DELTA)
+        run_started = time.perf_counter()
+        counts = await asyncio.gather(*(one(prompt, params) for prompt in prompts))
+        return run_result(mode, sum(counts), time.perf_counter() - run_started)
+
+    try:
+        lines = commands(protocol, ready)
+        while (mode := await asyncio.to_thread(next, lines, None)) is not None:
+            send(protocol, await run(mode))
+    finally:
+        engine.shutdown()
+
+
+def commands(protocol: IO[str], ready: dict):
+    """Announce readiness, then yield the mode of each ``run`` command until ``quit`` or end of input."""
+    send(protocol, {"event": "ready", "pid": os.getpid(), "multiprocessing": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING"), **ready})
+    for line in sys.stdin:
+        words = line.split()
+        if words == ["quit"]:
+            return
+        if len(words) != 2 or words[0] != "run" or words[1] not in MODES:
+            raise ValueError(f"unknown command {line.strip()!r}: use 'run text', 'run ids' or 'quit'")
+        yield words[1]
+
+
+def send(protocol: IO[str], message: dict) -> None:
+    """One protocol line."""
+    protocol.write(json.dumps(message) + "\n")
+    protocol.flush()
+
+
+def serve(engine: str, model_dir: Path, adapter_dir: Path) -> None:
+    """Keep the protocol on this process's standard output and send everything else printed to standard error."""
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    vllm_backend.configure_process()  # the engine core starts as Tandem's does (spawn)
+    kwargs = baseline_engine_kwargs(model_dir)
+    if engine == "llm":
+        serve_llm(kwargs, adapter_dir, protocol)
+    else:
+        asyncio.run(serve_async_llm(kwargs, adapter_dir, protocol))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, required=True)
-    parser.add_argument("--json", type=Path, required=True)
+    commands_parser = parser.add_subparsers(dest="command", required=True)
+    peft = commands_parser.add_parser("peft", help="the plain PEFT training loop (and the baselines' adapter)")
+    peft.add_argument("--steps", type=int, required=True)
+    peft.add_argument("--json", type=Path, required=True)
+    served = commands_parser.add_parser("serve", help="a vLLM engine answering 'run text' / 'run ids' lines")
+    served.add_argument("--engine", choices=("llm", "async_llm"), required=True)
+    for sub in (peft, served):
+        sub.add_argument("--cache-dir", type=Path, required=True, help="where the built-in model is (made if missing)")
+        sub.add_argument("--adapter-dir", type=Path, required=True)
     args = parser.parse_args()
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    from vllm import LLM
-    from vllm.lora.request import LoRARequest
-
-    spec = load_spec()
     model_dir = ensure_builtin_model(MODEL, args.cache_dir)
-    context = BuildContext(spec, model_dir, tokenizer=None, dtype=DTYPE, device=DEVICE, report=lambda *a, **k: None)
-    started = time.perf_counter()
-    llm = LLM(**engine_kwargs(context, VllmOptions()))
-    torch.cuda.empty_cache()  # as the service does after LoadModel: count what is held, not what is cached
-    result = {"vllm_load_seconds": time.perf_counter() - started, "vllm_alone_used_bytes": gpu_used_bytes()}
-    print(f"vLLM alone: {result['vllm_alone_used_bytes'] / 2**30:.2f} GiB in use", flush=True)
-
-    peft_model = attach_lora(load_hf_base(model_dir, spec, DTYPE, DEVICE), spec)
-    torch.cuda.empty_cache()
-    result["base_twice_used_bytes"] = gpu_used_bytes()
-    with torch.no_grad():  # a non-zero adapter, so LoRA changes what vLLM samples
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=1e-3)
-    with tempfile.TemporaryDirectory() as adapter_dir:
-        peft_model.save_pretrained(adapter_dir)
-        best, runs = vllm_generate_tokens_per_second(llm, LoRARequest("bench", 1, adapter_dir))
-    result.update(vllm_generate_tokens_per_second=best, vllm_generate_runs=runs)
-    print(f"vLLM LLM.generate: {best:,.0f} tok/s", flush=True)
-    result["transformers_generate_tokens_per_second"] = transformers_tokens_per_second(peft_model)
-    print(f"transformers generate: {result['transformers_generate_tokens_per_second']:,.0f} tok/s", flush=True)
-    result["peft_train_tokens_per_second"] = peft_train_tokens_per_second(peft_model)
-    print(f"PEFT train loop: {result['peft_train_tokens_per_second']:,.0f} tok/s", flush=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    if args.command == "peft":
+        args.json.write_text(json.dumps(run_peft(model_dir, args.adapter_dir, args.steps), indent=2))
+    else:
+        serve(args.engine, model_dir, args.adapter_dir)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # the engine is shut down; skip interpreter teardown, which can hang on vLLM's threads
 
 
 if __name__ == "__main__":

@@ -1,50 +1,74 @@
-"""GPU benchmark of the vLLM engine: the service through gRPC against its baselines, in one run.
+"""GPU benchmark: Tandem through gRPC against vLLM alone, in one program on one GPU.
 
-    python tests/bench/gpu_bench.py [--cache-dir DIR] [--out tests/bench/results]
+    python tests/bench/gpu_bench.py [--quick] [--out tests/bench/results] [--cache-dir DIR] [--logs DIR] [--budget 540]
 
-On the 1.1B-shaped built-in model in 4 bits with a rank-64 LoRA it measures:
+Workload (gpu_workload.py): the built-in 1.1B-shaped model in NF4 with a
+rank-64 LoRA, gpu_memory_utilization 0.3 for every engine; Generate is 256
+prompts x 128 token ids in, 256 out, ignore_eos, temperature 1; TrainStep is
+8 x 512 token ids. Phases, in this order:
 
-1. a fresh server (``python -m service --model none``) with an empty vLLM
-   compile cache: LoadModel seconds (cold) and GPU memory right after it;
-   TRAIN_STEPS TrainSteps of 8 x 512 tokens (tokens/s, LoRA sync seconds);
-   Generate tokens/s for 256 prompts x 128 tokens in, 256 out, as 256
-   concurrent RPCs and as one RPC of 256 prompts;
-2. a second server on the same compile cache: LoadModel seconds (warm);
-3. gpu_baselines.py in its own process: vLLM alone with the same engine
-   settings (memory, ``LLM.generate`` tokens/s), the base loaded a second
-   time through transformers, transformers ``generate`` and a plain PEFT loop;
-4. gpu_runtime_profile.py in its own process: the same Generate batch on the
-   runtime without gRPC, with the device thread's time inside vLLM's step.
+1. ``peft``: a plain PEFT + bitsandbytes loop on TrainStep's batch (gpu_baselines.py,
+   its own process), which also saves the rank-64 adapter the vLLM baselines serve.
+2. ``tandem_cold``: ``python -m service --model none`` with an empty VLLM_CACHE_ROOT:
+   LoadModel seconds (cold), GPU memory of the server's processes (nvidia-smi),
+   TrainSteps (tokens/s, seconds.sync); the server stops.
+3. ``vllm_alone``: the first baseline (AsyncLLM) starts on the GPU alone: its memory
+   is "vLLM alone with the same settings". It stays up.
+4. ``tandem_warm``: a second server on the same compile cache: LoadModel seconds
+   (warm), then one full-size warm-up Generate of each kind.
+5. ``interleave_<baseline>``, for each of the three baselines in its own process
+   (``AsyncLLM`` with 256 concurrent ``generate()`` calls, DELTA outputs; ``LLM.generate``
+   with its engine core in a child process; ``LLM.generate`` in-process): one full-size
+   warm-up of each mode, then Tandem run, baseline run, Tandem run, ... Tandem's runs
+   cycle through 256 concurrent Generate RPCs with text, the same with
+   token_ids_only, and one RPC of 256 prompts; the baseline's alternate between
+   detokenize on and off, 5 runs of each (--quick: 2).
 
-Prints a table, writes tests/bench/results/<date>-gpu-<gpu>.json (GPU, versions,
-settings, figures, targets) and a PNG plot beside it.
+Ratios are medians against medians: Tandem's over all its runs, each baseline's
+over its own, divided by the fastest baseline's (text, or detokenize off for
+token_ids_only). The whole program keeps to --budget seconds: an interleaved
+phase makes fewer pairs of runs when the phases after it would not otherwise
+fit. The record (tests/bench/results/<date>-gpu-<gpu>[-quick].json: GPU,
+versions, settings, every run, medians, targets met or missed) and the PNG
+beside it are rewritten after every phase, so a run cut short still leaves
+figures; a table is printed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import importlib.metadata
+import itertools
 import json
 import os
+import queue
 import re
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+SOURCE_PATHS = [str(REPO), str(REPO / "clients/python/src")]
+sys.path[:0] = SOURCE_PATHS
 
+import grpc  # noqa: E402
 from tandem.v1 import tandem_pb2 as pb  # noqa: E402
 from tandem.v1 import tandem_pb2_grpc  # noqa: E402
 
+from service.runtime.engines.vllm_backend import OPTIONS, engine_lora_rank  # noqa: E402
+from service.tiny_model import ensure_builtin_model  # noqa: E402
 from tests.bench.gpu_workload import (  # noqa: E402
+    GPU_MEMORY_UTILIZATION,
     LEARNING_RATE,
     LORA_ALPHA,
     LORA_RANK,
@@ -52,250 +76,836 @@ from tests.bench.gpu_workload import (  # noqa: E402
     NEW_TOKENS,
     PROMPT_TOKENS,
     PROMPTS,
-    TRAIN_STEPS,
-    gpu_name,
-    gpu_used_bytes,
+    TEMPERATURE,
+    TRAIN_SEQUENCE_TOKENS,
+    TRAIN_SEQUENCES,
+    load_request,
+    load_spec,
     prompt_ids,
     train_batch,
 )
 from tests.support.server import ServerProcess, start_server  # noqa: E402
 
 GIB = 2**30
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 2**20), ("grpc.max_send_message_length", 64 * 2**20)]
-TARGETS = {
-    "generate_vs_vllm": (">=", 0.95),
-    "generate_vs_transformers": (">=", 15.0),
-    "lora_sync_ms_p50": ("<=", 10.0),
-    "train_vs_peft": (">=", 1.0),
+MIB = 2**20
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * MIB), ("grpc.max_send_message_length", 64 * MIB)]
+RUNS, QUICK_RUNS = 5, 2
+"""Timed runs of each mode per baseline (Tandem makes as many runs per phase as the baseline)."""
+TRAIN_STEPS, QUICK_TRAIN_STEPS = 20, 6
+"""TrainSteps (and PEFT loop steps), the first a warm-up."""
+RESERVE_SECONDS = 30.0
+"""Kept for the end: stopping the server and the last baseline, the record and the plot."""
+START_ESTIMATE_SECONDS = 60.0
+"""A baseline engine's start (warm compile cache) until one has been measured."""
+RUN_TIMEOUT_SECONDS = 180.0
+TANDEM_MODES = ("text", "ids", "one_rpc")
+"""256 concurrent Generate RPCs returning text; the same with token_ids_only; one Generate RPC of 256 prompts."""
+BASELINE_MODES = ("text", "ids")
+"""vLLM detokenizing, as it does by default; ``detokenize=False``."""
+RATIO_TARGETS = {
+    "generate_vs_vllm": 0.95,
+    "generate_ids_vs_vllm": 0.95,
+    "one_rpc_vs_vllm": 0.98,
+    "train_vs_peft": 1.0,
 }
+UPPER_BOUNDS = {"lora_sync_ms_p50": 10.0, "load_seconds_cold": 60.0, "load_seconds_warm": 30.0}
+MEMORY_SLACK_GIB = 0.25
+"""extra_gib_vs_vllm_alone may exceed the adapter and its optimizer state by this much."""
 
 
-def load_model(server: ServerProcess) -> tuple[float, pb.ModelInfo]:
-    """LoadModel with the benchmark's settings; (wall seconds, model info)."""
-    request = pb.LoadModelRequest(
-        model_name=MODEL, fast_inference=True, gpu_memory_utilization=0.5, max_lora_rank=64, lora=pb.LoraConfig(rank=LORA_RANK, alpha=LORA_ALPHA)
-    )
+@dataclass(frozen=True)
+class Baseline:
+    """One vLLM baseline: how gpu_baselines.py serves it."""
+
+    name: str
+    engine: str
+    multiprocessing: str
+    """VLLM_ENABLE_V1_MULTIPROCESSING for its process (AsyncLLM always has a child engine core)."""
+    label: str
+
+
+BASELINES = (
+    Baseline("async_llm", "async_llm", "1", "AsyncLLM, 256 concurrent generate()"),
+    Baseline("llm_child_core", "llm", "1", "LLM.generate, engine core in a child"),
+    Baseline("llm_in_process", "llm", "0", "LLM.generate, engine core in-process"),
+)
+"""The first also measures vLLM alone: AsyncLLM with a child engine core is Tandem's own layout."""
+
+
+# ---------------------------------------------------------------- clock, record
+
+
+class Clock:
+    """Elapsed time, the budget's deadline and progress lines."""
+
+    def __init__(self, budget: float) -> None:
+        self.started = time.monotonic()
+        self.deadline = self.started + budget
+
+    def elapsed(self) -> float:
+        """Seconds since the program started."""
+        return time.monotonic() - self.started
+
+    def left(self) -> float:
+        """Seconds until the deadline."""
+        return self.deadline - time.monotonic()
+
+    def fits(self, seconds: float) -> bool:
+        """Whether ``seconds`` more work still leaves RESERVE_SECONDS before the deadline."""
+        return self.left() - RESERVE_SECONDS >= seconds
+
+    def log(self, message: str) -> None:
+        """One progress line with the elapsed time."""
+        print(f"[{self.elapsed():6.1f} s] {message}", flush=True)
+
+
+class Record:
+    """The JSON record and its plot; ``save`` recomputes the figures, so a record cut short still has what was measured."""
+
+    def __init__(self, path: Path, data: dict, title: str) -> None:
+        self.path = path
+        self.data = data
+        self.title = title
+
+    @property
+    def plot_path(self) -> Path:
+        """The PNG beside the JSON."""
+        return self.path.with_suffix(".png")
+
+    def save(self, with_plot: bool = False) -> None:
+        """Write the record with its current figures and verdicts (and redraw the plot)."""
+        self.data["results"] = figures(self.data)
+        self.data["results_by_phase"] = figures_by_phase(self.data)
+        self.data["targets"] = verdicts(self.data["results"])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.data, indent=2) + "\n")
+        if with_plot:
+            plot(self.data, self.plot_path, self.title)
+
+    @contextlib.contextmanager
+    def phase(self, name: str, clock: Clock) -> Iterator[dict]:
+        """Run one phase: its time and status (an error is recorded, and the program goes on), then save."""
+        clock.log(f"phase {name} ...")
+        entry = self.data["phases"][name] = {"started_at_s": round(clock.elapsed(), 1), "status": "running"}
+        started = time.monotonic()
+        try:
+            yield entry
+            if entry["status"] == "running":
+                entry["status"] = "ok"
+        except Exception as error:  # noqa: BLE001 - a failed phase is recorded; later phases still run
+            entry["status"] = "failed"
+            entry["error"] = scrub(f"{type(error).__name__}: {error}")
+            clock.log(f"phase {name} FAILED: {entry['error'][-400:]}")
+        finally:
+            entry["seconds"] = round(time.monotonic() - started, 1)
+            self.save(with_plot=True)
+            clock.log(f"phase {name}: {entry['status']} in {entry['seconds']} s")
+
+
+def scrub(text: str, limit: int = 2000) -> str:
+    """The end of ``text`` with directories taken out of paths (a record names no path of the machine it ran on)."""
+    return re.sub(r"(?<![\w.])/(?:[\w.+-]+/)+", ".../", text)[-limit:]
+
+
+# ---------------------------------------------------------------- GPU memory (nvidia-smi)
+
+
+def nvidia_smi(query: str, what: str = "gpu") -> list[list[str]]:
+    """``nvidia-smi --query-<what>=<query>`` on GPU 0, as rows of fields."""
+    command = ["nvidia-smi", "-i", "0", f"--query-{what}={query}", "--format=csv,noheader,nounits"]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True).stdout
+    return [[field.strip() for field in line.split(",")] for line in output.splitlines() if line.strip()]
+
+
+def device_used_mib() -> int:
+    """GPU memory in use, all processes."""
+    return int(nvidia_smi("memory.used")[0][0])
+
+
+def process_tree(root: int) -> set[int]:
+    """``root`` and its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, pending = set(), [root]
+    while pending:
+        pid = pending.pop()
+        tree.add(pid)
+        pending.extend(children.get(pid, []))
+    return tree
+
+
+def tree_memory(root: int, reference_mib: int) -> dict:
+    """GPU memory of ``root``'s processes: nvidia-smi's per-process figures, or, where it lists
+    none of them (another PID namespace), the device-wide reading above ``reference_mib``."""
+    used = device_used_mib()
+    tree = process_tree(root)
+    rows = nvidia_smi("pid,used_memory", "compute-apps")
+    per_process = {int(pid): int(mib) for pid, mib in rows if pid.isdigit() and mib.isdigit() and int(pid) in tree}
+    if per_process:
+        return {"mib": sum(per_process.values()), "method": "per-process", "per_process_mib": per_process, "device_used_mib": used}
+    return {"mib": used - reference_mib, "method": "device-wide", "device_used_mib": used, "reference_mib": reference_mib}
+
+
+def wait_gpu_released(used_before_mib: int, released_mib: int, clock: Clock, timeout: float = 30.0) -> None:
+    """After stopping processes that held ``released_mib``, wait until most of it is free again (the driver takes a moment)."""
+    at_most = used_before_mib - int(0.8 * released_mib)
+    deadline = time.monotonic() + timeout
+    while (used := device_used_mib()) > at_most and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if used > at_most:
+        clock.log(f"GPU memory still {used} MiB {timeout:.0f} s after a stop (expected at most {at_most})")
+
+
+# ---------------------------------------------------------------- Tandem through gRPC
+
+
+def child_environment(compile_cache: Path) -> dict[str, str]:
+    """What the server and the baselines run with beyond this process's environment."""
+    path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {
+        "PYTHONPATH": os.pathsep.join(path + [p for p in SOURCE_PATHS if p not in path]),
+        "PYTHONUNBUFFERED": "1",
+        "VLLM_CACHE_ROOT": str(compile_cache),  # vLLM keeps inductor's and triton's caches under it too
+    }
+
+
+def start_tandem(cache_dir: Path, logs: Path, env: dict[str, str]) -> ServerProcess:
+    """A fresh ``python -m service --model none``."""
+    return start_server(cache_dir, logs, "--model", "none", wait_ready=False, env=env)
+
+
+def stop_tandem(server: ServerProcess, clock: Clock) -> None:
+    """Stop the server; its engine process too, by id, should it outlive it."""
+    tree = process_tree(server.process.pid)
+    server.stop()
+    for pid in sorted(tree - {server.process.pid}):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            clock.log(f"killed the server's leftover process {pid}")
+
+
+def load_model(server: ServerProcess, timeout: float) -> dict:
+    """LoadModel with the benchmark's request: wall seconds, the server's own figure, GetModel's memory."""
     with grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
+        stub = tandem_pb2_grpc.TandemServiceStub(channel)
         started = time.perf_counter()
-        events = list(tandem_pb2_grpc.TandemServiceStub(channel).LoadModel(request, timeout=900))
+        events = list(stub.LoadModel(load_request(), timeout=timeout))
         seconds = time.perf_counter() - started
-    return seconds, events[-1].model
+    info = events[-1].model
+    return {"seconds": seconds, "server_seconds": info.load_seconds, "engine": pb.EngineKind.Name(info.engine), "memory": model_memory(server)}
 
 
-def get_model(stub) -> pb.ModelInfo:
-    return stub.GetModel(pb.GetModelRequest(), timeout=30).model
+def model_memory(server: ServerProcess) -> dict:
+    """GetModel's memory accounting."""
+    with grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
+        memory = tandem_pb2_grpc.TandemServiceStub(channel).GetModel(pb.GetModelRequest(), timeout=60).model.memory
+    return {f.name: getattr(memory, f.name) for f in memory.DESCRIPTOR.fields}
 
 
-def train_steps(stub) -> dict:
-    """TRAIN_STEPS TrainSteps on the benchmark batch; the first is a warm-up for tokens/s."""
+def train_steps(server: ServerProcess, steps: int) -> list[dict]:
+    """``steps`` TrainSteps on the benchmark batch: wall seconds, tokens, outcome and the reply's phase seconds."""
     request = pb.TrainStepRequest(
         sequences=[pb.TrainSequence(token_ids=ids) for ids in train_batch()], optimizer=pb.OptimizerConfig(learning_rate=LEARNING_RATE)
     )
-    walls, phases, tokens = [], [], 0
-    for _ in range(TRAIN_STEPS):
-        started = time.perf_counter()
-        reply = stub.TrainStep(request, timeout=600)
-        walls.append(time.perf_counter() - started)
-        phases.append({f.name: getattr(reply.seconds, f.name) for f in reply.seconds.DESCRIPTOR.fields})
-        tokens = reply.tokens
-    timed = walls[1:]
-    return {
-        "tokens_per_step": tokens,
-        "step_seconds": walls,
-        "sync_seconds": [p["sync"] for p in phases],
-        "mean_phase_seconds": {name: statistics.mean(p[name] for p in phases[1:]) for name in phases[0]},
-        "tokens_per_second": tokens * len(timed) / sum(timed),
-    }
-
-
-async def generate_concurrently(address: str, prompts: list[list[int]], one_call: bool) -> tuple[int, float]:
-    """Generate every prompt (NEW_TOKENS each, no early stop): as one RPC per prompt, or one RPC for all; (tokens, seconds)."""
-    sampling = pb.SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True, temperature=1.0)
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+    result = []
+    with grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
         stub = tandem_pb2_grpc.TandemServiceStub(channel)
-
-        async def call(batch: list[list[int]]) -> int:
-            request = pb.GenerateRequest(prompts=[pb.Prompt(token_ids=pb.TokenIds(ids=ids)) for ids in batch], sampling=sampling)
-            return sum([len(reply.token_ids) async for reply in stub.Generate(request, timeout=600)])
-
-        started = time.perf_counter()
-        counts = await asyncio.gather(call(prompts)) if one_call else await asyncio.gather(*(call([ids]) for ids in prompts))
-        return sum(counts), time.perf_counter() - started
-
-
-def generate_tokens_per_second(server: ServerProcess) -> dict:
-    prompts = prompt_ids(PROMPTS, PROMPT_TOKENS)
-    asyncio.run(generate_concurrently(server.address, prompts[:16], one_call=True))  # warm-up
-    result = {}
-    for label, one_call in (("concurrent_rpcs", False), ("one_rpc", True)):
-        tokens, seconds = asyncio.run(generate_concurrently(server.address, prompts, one_call))
-        assert tokens == PROMPTS * NEW_TOKENS, f"{label}: {tokens} tokens"
-        result[label] = tokens / seconds
+        for _ in range(steps):
+            started = time.perf_counter()
+            reply = stub.TrainStep(request, timeout=RUN_TIMEOUT_SECONDS)
+            result.append(
+                {
+                    "wall_seconds": time.perf_counter() - started,
+                    "tokens": reply.tokens,
+                    "outcome": pb.StepOutcome.Name(reply.outcome),
+                    "loss": reply.loss,
+                    "seconds": {f.name: getattr(reply.seconds, f.name) for f in reply.seconds.DESCRIPTOR.fields},
+                }
+            )
     return result
 
 
-def run_service(cache_dir: Path, logs: Path, cold: bool) -> dict:
-    """One server's life: LoadModel, and on the cold run everything measured through gRPC."""
-    server = start_server(cache_dir, logs, "--model", "none", wait_ready=False)
-    try:
-        seconds, info = load_model(server)
-        result = {"load_seconds": seconds, "load_seconds_server": info.load_seconds, "used_after_load_bytes": gpu_used_bytes()}
-        if not cold:
-            return result
-        with grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
-            stub = tandem_pb2_grpc.TandemServiceStub(channel)
-            result["memory_after_load"] = _memory(get_model(stub))
-            result["train"] = train_steps(stub)
-            result["memory_after_train"] = _memory(get_model(stub))
-            result["used_after_train_bytes"] = gpu_used_bytes()
-        result["generate_tokens_per_second"] = generate_tokens_per_second(server)
+async def _generate(address: str, mode: str) -> dict:
+    """The run itself: every request at once on one channel, timed from the first call to the last reply."""
+    sampling = pb.SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True, temperature=TEMPERATURE)
+    prompts = [pb.Prompt(token_ids=pb.TokenIds(ids=ids)) for ids in prompt_ids(PROMPTS, PROMPT_TOKENS)]
+    groups = [prompts] if mode == "one_rpc" else [[prompt] for prompt in prompts]
+    requests = [pb.GenerateRequest(prompts=group, sampling=sampling, token_ids_only=mode == "ids") for group in groups]
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 30)
+        stub = tandem_pb2_grpc.TandemServiceStub(channel)
+
+        async def call(request: pb.GenerateRequest) -> tuple[int, int]:
+            tokens = chars = 0
+            async for reply in stub.Generate(request, timeout=RUN_TIMEOUT_SECONDS):
+                tokens += len(reply.token_ids)
+                chars += len(reply.text)
+            return tokens, chars
+
+        started = time.perf_counter()
+        counts = await asyncio.gather(*(call(request) for request in requests))
+        seconds = time.perf_counter() - started
+    tokens = sum(c[0] for c in counts)
+    return {"mode": mode, "tokens": tokens, "text_chars": sum(c[1] for c in counts), "seconds": seconds, "tokens_per_second": tokens / seconds}
+
+
+def tandem_generate(server: ServerProcess, mode: str) -> dict:
+    """One full-size Generate run of ``mode`` (TANDEM_MODES) through gRPC, timed on this side."""
+    result = asyncio.run(_generate(server.address, mode))
+    check_tokens("Tandem", result)
+    if (mode == "ids") != (result["text_chars"] == 0):
+        raise RuntimeError(f"Tandem {mode}: {result['text_chars']} characters of text came back")
+    return result
+
+
+def check_tokens(side: str, result: dict) -> None:
+    """Every run generates every token."""
+    if result["tokens"] != PROMPTS * NEW_TOKENS:
+        raise RuntimeError(f"{side} {result['mode']}: {result['tokens']} tokens, expected {PROMPTS * NEW_TOKENS}")
+
+
+# ---------------------------------------------------------------- baselines (gpu_baselines.py processes)
+
+
+class BaselineProcess:
+    """A ``gpu_baselines.py serve`` process: its line protocol on stdin/stdout, its log on stderr."""
+
+    def __init__(self, baseline: Baseline, cache_dir: Path, adapter_dir: Path, logs: Path, env: dict[str, str]) -> None:
+        self.baseline = baseline
+        self.log_path = logs / f"baseline-{baseline.name}.log"
+        argv = [sys.executable, str(REPO / "tests/bench/gpu_baselines.py"), "serve", "--engine", baseline.engine]
+        argv += ["--cache-dir", str(cache_dir), "--adapter-dir", str(adapter_dir)]
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                argv,
+                cwd=REPO,
+                env={**os.environ, **env, "VLLM_ENABLE_V1_MULTIPROCESSING": baseline.multiprocessing},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                start_new_session=True,  # its own process group: stop() ends the engine core with it
+            )
+        self.gpu: dict = {"mib": 0}
+        """Its GPU memory once up (``tree_memory``)."""
+        self._messages: queue.Queue[dict | None] = queue.Queue()
+        threading.Thread(target=self._read, name=f"read-{baseline.name}", daemon=True).start()
+
+    def _read(self) -> None:
+        """Hand each protocol line to ``_next`` (a reader thread, so the pipe never fills); None at its end."""
+        for line in self.process.stdout:
+            with contextlib.suppress(ValueError):  # only protocol lines are expected; skip anything else
+                self._messages.put(json.loads(line))
+        self._messages.put(None)
+
+    def _next(self, timeout: float) -> dict:
+        """The next protocol message; an error naming the log's end when the process has gone."""
+        try:
+            message = self._messages.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"{self.baseline.name}: no answer within {timeout:.0f} s") from None
+        if message is None:
+            log_tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+            raise RuntimeError(f"{self.baseline.name} closed its output (exit status {self.process.poll()}):\n{log_tail}")
+        return message
+
+    def wait_ready(self, timeout: float) -> dict:
+        """The ready message (engine start seconds, async scheduling, process id)."""
+        return self._next(timeout)
+
+    def run(self, mode: str) -> dict:
+        """One full-size run of ``mode`` (BASELINE_MODES), timed inside the baseline's process."""
+        self.process.stdin.write(f"run {mode}\n")
+        self.process.stdin.flush()
+        result = self._next(RUN_TIMEOUT_SECONDS)
+        check_tokens(self.baseline.name, result)
         return result
-    finally:
-        server.stop()
+
+    def stop(self) -> None:
+        """Ask it to shut its engine down, then end whatever is left of its process group."""
+        if self.process.poll() is None:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self.process.stdin.write("quit\n")
+                self.process.stdin.flush()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # our own child's group, by id
+        self.process.wait()
 
 
-def _memory(info: pb.ModelInfo) -> dict:
-    m = info.memory
-    return {f.name: getattr(m, f.name) for f in m.DESCRIPTOR.fields}
-
-
-def run_phase(script: str, cache_dir: Path, logs: Path) -> dict:
-    """Run tests/bench/<script>.py in a process of its own; its JSON result."""
-    out = logs / f"{script}.json"
-    with (logs / f"{script}.log").open("w") as log:
-        command = [sys.executable, str(REPO / f"tests/bench/{script}.py"), "--cache-dir", str(cache_dir), "--json", str(out)]
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+def run_peft(cache_dir: Path, adapter_dir: Path, logs: Path, env: dict[str, str], steps: int, timeout: float) -> dict:
+    """The plain PEFT loop in its own process (it also saves the baselines' adapter)."""
+    out = logs / "peft.json"
+    argv = [sys.executable, str(REPO / "tests/bench/gpu_baselines.py"), "peft", "--steps", str(steps)]
+    argv += ["--cache-dir", str(cache_dir), "--adapter-dir", str(adapter_dir), "--json", str(out)]
+    with (logs / "peft.log").open("w") as log:
+        subprocess.run(argv, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=timeout)
     return json.loads(out.read_text())
 
 
-def summarize(service: dict, warm: dict, baselines: dict, profile: dict) -> dict:
-    train = service["train"]
-    syncs_ms = sorted(s * 1000 for s in train["sync_seconds"])
-    generate = service["generate_tokens_per_second"]["concurrent_rpcs"]
-    after_train = service["memory_after_train"]
-    return {
-        "service_generate_tokens_per_second": generate,
-        "service_generate_one_rpc_tokens_per_second": service["generate_tokens_per_second"]["one_rpc"],
-        "runtime_generate_tokens_per_second": max(run["tokens_per_second"] for run in profile.values()),
-        "vllm_generate_tokens_per_second": baselines["vllm_generate_tokens_per_second"],
-        "transformers_generate_tokens_per_second": baselines["transformers_generate_tokens_per_second"],
-        "generate_vs_vllm": generate / baselines["vllm_generate_tokens_per_second"],
-        "generate_vs_transformers": generate / baselines["transformers_generate_tokens_per_second"],
-        "lora_sync_ms_p50": statistics.median(syncs_ms),
-        "lora_sync_ms_p99": syncs_ms[min(len(syncs_ms) - 1, round(0.99 * (len(syncs_ms) - 1)))],
-        "extra_gib_vs_vllm_alone": (service["used_after_load_bytes"] - baselines["vllm_alone_used_bytes"]) / GIB,
-        "extra_gib_base_loaded_twice": (baselines["base_twice_used_bytes"] - baselines["vllm_alone_used_bytes"]) / GIB,
-        "adapter_and_optimizer_gib": (after_train["adapter_bytes"] + after_train["optimizer_bytes"]) / GIB,
-        "service_train_tokens_per_second": train["tokens_per_second"],
-        "peft_train_tokens_per_second": baselines["peft_train_tokens_per_second"],
-        "train_vs_peft": train["tokens_per_second"] / baselines["peft_train_tokens_per_second"],
-        "load_seconds_cold": service["load_seconds"],
-        "load_seconds_warm": warm["load_seconds"],
-    }
+# ---------------------------------------------------------------- the phases
 
 
-def verdicts(figures: dict) -> dict:
-    """Each target: the figure, the bound and whether it is met."""
-    result = {key: {"figure": figures[key], "target": f"{op} {bound}", "met": figures[key] >= bound if op == ">=" else figures[key] <= bound} for key, (op, bound) in TARGETS.items()}
-    memory_bound = figures["adapter_and_optimizer_gib"] + 0.25
-    result["extra_gib_vs_vllm_alone"] = {
-        "figure": figures["extra_gib_vs_vllm_alone"],
-        "target": f"<= adapter_and_optimizer_gib + 0.25 = {memory_bound:.3f}",
-        "met": figures["extra_gib_vs_vllm_alone"] <= memory_bound,
+@dataclass
+class Bench:
+    """What the phases share."""
+
+    clock: Clock
+    record: Record
+    cache_dir: Path
+    adapter_dir: Path
+    logs: Path
+    env: dict[str, str]
+    idle_mib: int
+    runs: int
+    steps: int
+    server: ServerProcess | None = None
+    alive: BaselineProcess | None = None
+    """The baseline started by ``vllm_alone``, until its interleaved phase takes it."""
+    start_estimate: float = START_ESTIMATE_SECONDS
+
+    def tandem_cold(self, entry: dict) -> None:
+        """Cold LoadModel, memory with nothing else on the GPU, TrainSteps; the server stops."""
+        server = start_tandem(self.cache_dir, self.logs, self.env)
+        try:
+            load = load_model(server, timeout=max(60.0, self.clock.left() - RESERVE_SECONDS))
+            load["gpu"] = tree_memory(server.process.pid, self.idle_mib)
+            entry.update(load_seconds=load["seconds"], engine=load["engine"])
+            self.record.data["tandem_cold"] = load
+            self.clock.log(f"LoadModel cold {load['seconds']:.1f} s ({load['engine']}); GPU {load['gpu']['mib']} MiB ({load['gpu']['method']})")
+            self.record.save()
+            steps = train_steps(server, self.steps)
+            load["train"] = steps
+            load["memory_after_train"] = model_memory(server)
+            load["gpu_after_train"] = tree_memory(server.process.pid, self.idle_mib)
+            median = statistics.median(s["tokens"] / s["wall_seconds"] for s in steps[1:])
+            self.clock.log(f"TrainStep {median:,.0f} tok/s (median of {len(steps) - 1}); sync p50 {statistics.median(s['seconds']['sync'] for s in steps[1:]) * 1000:.2f} ms")
+        finally:
+            used = device_used_mib()
+            stop_tandem(server, self.clock)
+            wait_gpu_released(used, used - self.idle_mib, self.clock)
+
+    def vllm_alone(self, entry: dict) -> None:
+        """The first baseline on the GPU alone: vLLM's memory with the same settings; it stays up."""
+        self.alive = self.start_baseline(BASELINES[0], entry)
+        self.record.data["vllm_alone"] = {"baseline": BASELINES[0].name, "gpu": self.alive.gpu}
+        self.clock.log(f"vLLM alone ({BASELINES[0].name}): GPU {self.alive.gpu['mib']} MiB ({self.alive.gpu['method']})")
+
+    def tandem_warm(self, entry: dict) -> None:
+        """A second server on the same compile cache: warm LoadModel, then a warm-up run of each kind."""
+        before = device_used_mib()
+        server = start_tandem(self.cache_dir, self.logs, self.env)
+        try:
+            load = load_model(server, timeout=max(60.0, self.clock.left() - RESERVE_SECONDS))
+        except BaseException:
+            stop_tandem(server, self.clock)
+            raise
+        self.server = server
+        load["gpu"] = tree_memory(server.process.pid, before)
+        entry.update(load_seconds=load["seconds"])
+        self.record.data["tandem_warm"] = load
+        self.clock.log(f"LoadModel warm {load['seconds']:.1f} s")
+        self.record.save()
+        for mode in TANDEM_MODES:
+            warmup = {**tandem_generate(self.server, mode), "at_s": round(self.clock.elapsed(), 1)}
+            self.record.data["tandem"]["warmup"].append(warmup)
+            self.clock.log(f"Tandem warm-up {mode}: {warmup['tokens_per_second']:,.0f} tok/s")
+
+    def start_baseline(self, baseline: Baseline, entry: dict) -> BaselineProcess:
+        """Start a baseline engine (never while another engine starts), wait for it, note its GPU memory."""
+        started = time.monotonic()
+        before = device_used_mib()
+        process = BaselineProcess(baseline, self.cache_dir, self.adapter_dir, self.logs, self.env)
+        try:
+            ready = process.wait_ready(timeout=max(60.0, self.clock.left() - RESERVE_SECONDS))
+        except BaseException:
+            process.stop()
+            raise
+        ready["process_start_seconds"] = time.monotonic() - started
+        process.gpu = tree_memory(process.process.pid, before)
+        self.start_estimate = ready["process_start_seconds"]
+        side = self.record.data["baselines"][baseline.name]
+        side.update(ready=ready, gpu=process.gpu)
+        entry["start_seconds"] = round(ready["process_start_seconds"], 1)
+        self.clock.log(
+            f"{baseline.name} up in {ready['process_start_seconds']:.1f} s (engine {ready['start_seconds']:.1f} s; "
+            f"async scheduling {ready['async_scheduling']}, max_num_batched_tokens {ready['max_num_batched_tokens']})"
+        )
+        return process
+
+    def interleave(self, baseline: Baseline, later: int, tandem_modes: Iterator[str], entry: dict) -> None:
+        """Warm-ups, then Tandem and this baseline in turn: every pair, or as many as this phase's share of the time left holds."""
+        if self.server is None:
+            raise RuntimeError("no Tandem server is up (see phase tandem_warm)")
+        side = self.record.data["baselines"][baseline.name]
+        if self.alive is not None and self.alive.baseline == baseline:
+            process, self.alive = self.alive, None
+        elif self.clock.fits(self.phase_estimate() * (later + 1)):
+            process = self.start_baseline(baseline, entry)
+        else:
+            entry["status"] = "skipped: out of time"
+            return
+        try:
+            for mode in BASELINE_MODES:
+                side["warmup"].append({**process.run(mode), "at_s": round(self.clock.elapsed(), 1)})
+            sequence = [mode for _ in range(self.runs) for mode in BASELINE_MODES]
+            share_ends = time.monotonic() + self.share_seconds(later)
+            for index, baseline_mode in enumerate(sequence):
+                if index and time.monotonic() + 2 * self.run_estimate() > share_ends:
+                    entry["pairs_cut_to"] = index
+                    self.clock.log(f"{baseline.name}: {index} of {len(sequence)} pairs of runs, this phase's share of the time left")
+                    break
+                tandem_mode = next(tandem_modes)
+                tandem = {**tandem_generate(self.server, tandem_mode), "phase": baseline.name, "at_s": round(self.clock.elapsed(), 1)}
+                self.record.data["tandem"]["runs"].append(tandem)
+                other = {**process.run(baseline_mode), "at_s": round(self.clock.elapsed(), 1)}
+                side["runs"].append(other)
+                self.clock.log(
+                    f"  Tandem {tandem_mode:7} {tandem['tokens_per_second']:8,.0f} tok/s | "
+                    f"{baseline.name} {baseline_mode:4} {other['tokens_per_second']:8,.0f} tok/s"
+                )
+                self.record.save()
+        finally:
+            used = device_used_mib()
+            process.stop()
+            wait_gpu_released(used, process.gpu["mib"], self.clock)
+
+    def run_estimate(self) -> float:
+        """Seconds of the slowest of the last four full-size runs (a guess before the first)."""
+        runs = self.record.data["tandem"]["warmup"] + self.record.data["tandem"]["runs"]
+        for side in self.record.data["baselines"].values():
+            runs += side["warmup"] + side["runs"]
+        recent = sorted(runs, key=lambda r: r["at_s"])[-4:]
+        return max((r["seconds"] for r in recent), default=10.0) + 0.5
+
+    def phase_estimate(self) -> float:
+        """The least an interleaved phase needs: a start, two warm-ups, one pair of runs, a stop."""
+        return self.start_estimate + 4 * self.run_estimate() + 10.0
+
+    def share_seconds(self, later: int) -> float:
+        """This phase's equal share of the time left for pairs of runs, once the ``later`` phases' starts,
+        warm-ups and stops are set aside (it always makes at least one pair)."""
+        overhead = self.start_estimate + 2 * self.run_estimate() + 10.0
+        return (self.clock.left() - RESERVE_SECONDS - later * overhead) / (later + 1)
+
+    def close(self) -> None:
+        """Stop whatever is still up."""
+        if self.alive is not None:
+            self.alive.stop()
+            self.alive = None
+        if self.server is not None:
+            stop_tandem(self.server, self.clock)
+            self.server = None
+
+
+# ---------------------------------------------------------------- figures
+
+
+def median_rate(runs: list[dict], mode: str) -> float | None:
+    """Median tokens/s of the runs of ``mode``."""
+    rates = [r["tokens_per_second"] for r in runs if r["mode"] == mode]
+    return statistics.median(rates) if rates else None
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator`` when both are known."""
+    return numerator / denominator if numerator is not None and denominator else None
+
+
+def fastest(data: dict, mode: str) -> tuple[str | None, float | None]:
+    """The baseline with the highest median of ``mode``, and that median."""
+    medians = {name: median_rate(side["runs"], mode) for name, side in data["baselines"].items()}
+    known = {name: rate for name, rate in medians.items() if rate is not None}
+    if not known:
+        return None, None
+    name = max(known, key=known.get)
+    return name, known[name]
+
+
+def figures(data: dict) -> dict:
+    """The headline figures from what the record holds so far (None where not measured)."""
+    tandem_runs = data["tandem"]["runs"]
+    text_name, text_rate = fastest(data, "text")
+    ids_name, ids_rate = fastest(data, "ids")
+    result: dict = {
+        "tandem_generate_tokens_per_second": median_rate(tandem_runs, "text"),
+        "tandem_generate_ids_tokens_per_second": median_rate(tandem_runs, "ids"),
+        "tandem_one_rpc_tokens_per_second": median_rate(tandem_runs, "one_rpc"),
     }
+    for name, side in data["baselines"].items():
+        for mode in BASELINE_MODES:
+            result[f"{name}_{mode}_tokens_per_second"] = median_rate(side["runs"], mode)
+    result.update(
+        fastest_baseline_text=text_name,
+        fastest_baseline_ids=ids_name,
+        generate_vs_vllm=ratio(result["tandem_generate_tokens_per_second"], text_rate),
+        generate_ids_vs_vllm=ratio(result["tandem_generate_ids_tokens_per_second"], ids_rate),
+        one_rpc_vs_vllm=ratio(result["tandem_one_rpc_tokens_per_second"], text_rate),
+    )
+    cold = data.get("tandem_cold", {})
+    steps = cold.get("train", [])[1:]
+    syncs_ms = sorted(s["seconds"]["sync"] * 1000 for s in steps)
+    train_rate = statistics.median(s["tokens"] / s["wall_seconds"] for s in steps) if steps else None
+    peft_rate = data.get("peft", {}).get("tokens_per_second_median")
+    result.update(
+        lora_sync_ms_p50=statistics.median(syncs_ms) if syncs_ms else None,
+        lora_sync_ms_max=syncs_ms[-1] if syncs_ms else None,
+        # TrainStep's wall time on this side minus the reply's seconds.total: gRPC, the barrier, the hop to the engine process
+        train_step_outside_total_ms_p50=statistics.median((s["wall_seconds"] - s["seconds"]["total"]) * 1000 for s in steps) if steps else None,
+        tandem_train_tokens_per_second=train_rate,
+        peft_train_tokens_per_second=peft_rate,
+        train_vs_peft=ratio(train_rate, peft_rate),
+    )
+    memory = cold.get("memory_after_train") or cold.get("memory")
+    tandem_mib = cold.get("gpu", {}).get("mib")
+    alone_mib = data.get("vllm_alone", {}).get("gpu", {}).get("mib")
+    result.update(
+        tandem_gib_after_load=tandem_mib / 1024 if tandem_mib is not None else None,
+        vllm_alone_gib=alone_mib / 1024 if alone_mib is not None else None,
+        extra_gib_vs_vllm_alone=(tandem_mib - alone_mib) / 1024 if tandem_mib is not None and alone_mib is not None else None,
+        extra_gib_vs_vllm_alone_after_train=(cold["gpu_after_train"]["mib"] - alone_mib) / 1024 if "gpu_after_train" in cold and alone_mib is not None else None,
+        adapter_and_optimizer_gib=(memory["adapter_bytes"] + memory["optimizer_bytes"]) / GIB if memory else None,
+        load_seconds_cold=cold.get("seconds"),
+        load_seconds_warm=data.get("tandem_warm", {}).get("seconds"),
+    )
     return result
 
 
-def versions() -> dict:
-    names = ("torch", "vllm", "transformers", "peft", "bitsandbytes", "grpcio", "triton")
-    return {name: importlib.metadata.version(name) for name in names}
+def figures_by_phase(data: dict) -> dict:
+    """Per interleaved phase: Tandem's medians in that phase over that baseline's (drift shows here)."""
+    result = {}
+    for name, side in data["baselines"].items():
+        runs = [r for r in data["tandem"]["runs"] if r["phase"] == name]
+        if not runs:
+            continue
+        result[name] = {
+            "tandem_runs": len(runs),
+            "baseline_runs": len(side["runs"]),
+            "text_ratio": ratio(median_rate(runs, "text"), median_rate(side["runs"], "text")),
+            "ids_ratio": ratio(median_rate(runs, "ids"), median_rate(side["runs"], "ids")),
+            "one_rpc_ratio": ratio(median_rate(runs, "one_rpc"), median_rate(side["runs"], "text")),
+        }
+    return result
 
 
-def print_table(figures: dict, targets: dict) -> None:
-    print(f"\n{'figure':42} {'value':>14}  target")
-    for key, value in figures.items():
-        verdict = targets.get(key)
-        note = f"{verdict['target']}  {'met' if verdict['met'] else 'MISSED'}" if verdict else ""
-        print(f"{key:42} {value:>14,.3f}  {note}")
+def verdicts(results: dict) -> dict:
+    """Each target: the figure, the bound and whether it is met (None until measured)."""
+    verdict = {}
+    for key, bound in RATIO_TARGETS.items():
+        figure = results[key]
+        verdict[key] = {"figure": figure, "target": f">= {bound}", "met": None if figure is None else figure >= bound}
+    for key, bound in UPPER_BOUNDS.items():
+        figure = results[key]
+        verdict[key] = {"figure": figure, "target": f"<= {bound}", "met": None if figure is None else figure <= bound}
+    extra, adapter = results["extra_gib_vs_vllm_alone"], results["adapter_and_optimizer_gib"]
+    bound = None if adapter is None else adapter + MEMORY_SLACK_GIB
+    verdict["extra_gib_vs_vllm_alone"] = {
+        "figure": extra,
+        "target": "<= adapter_and_optimizer_gib + 0.25" + ("" if bound is None else f" = {bound:.3f}"),
+        "met": None if extra is None or bound is None else extra <= bound,
+    }
+    return verdict
 
 
-def plot(figures: dict, path: Path, title: str) -> None:
-    """Two panels: generation throughput by engine path, and GPU memory beyond vLLM alone."""
+# ---------------------------------------------------------------- output
+
+
+def print_table(data: dict) -> None:
+    """The targets, then every side's medians."""
+    print(f"\n{'target':34} {'figure':>12}  {'bound':42} verdict")
+    for key, verdict in data["targets"].items():
+        figure = "-" if verdict["figure"] is None else f"{verdict['figure']:,.3f}"
+        met = {True: "met", False: "MISSED", None: "not measured"}[verdict["met"]]
+        print(f"{key:34} {figure:>12}  {verdict['target']:42} {met}")
+    print(f"\n{'generation':54} {'median':>9}  runs")
+    for label, runs, mode in generation_rows(data):
+        rates = [r["tokens_per_second"] for r in runs if r["mode"] == mode]
+        median = f"{statistics.median(rates):9,.0f}" if rates else f"{'-':>9}"
+        print(f"{label:54} {median}  {len(rates)}")
+    results = data["results"]
+    for key in ("tandem_train_tokens_per_second", "peft_train_tokens_per_second", "tandem_gib_after_load", "vllm_alone_gib", "lora_sync_ms_max"):
+        value = results[key]
+        print(f"{key:54} {'-' if value is None else f'{value:,.2f}':>9}")
+
+
+def generation_rows(data: dict) -> list[tuple[str, list[dict], str]]:
+    """(label, runs, mode) for every generation figure: Tandem's three kinds, then each baseline's two modes."""
+    tandem = data["tandem"]["runs"]
+    rows = [
+        (f"Tandem, {PROMPTS} Generate RPCs, text", tandem, "text"),
+        (f"Tandem, {PROMPTS} Generate RPCs, token ids only", tandem, "ids"),
+        (f"Tandem, one Generate RPC of {PROMPTS} prompts", tandem, "one_rpc"),
+    ]
+    for baseline in BASELINES:
+        runs = data["baselines"][baseline.name]["runs"]
+        rows.append((f"{baseline.label}, text", runs, "text"))
+        rows.append((f"{baseline.label}, detokenize off", runs, "ids"))
+    return rows
+
+
+def plot(data: dict, path: Path, title: str) -> None:
+    """Generation tokens/s (median bar, every run a dot), the ratio targets, LoadModel seconds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    names = ["Tandem Generate\n(gRPC)", "vLLM LLM.generate\n(in-process)", "transformers\ngenerate"]
-    rates = [figures["service_generate_tokens_per_second"], figures["vllm_generate_tokens_per_second"], figures["transformers_generate_tokens_per_second"]]
-    left.bar(names, rates, color=["#2a7", "#47c", "#999"])
-    left.set_yscale("log")
-    left.set_ylabel("generated tokens / s (log)")
-    left.set_title(f"{PROMPTS} prompts x {PROMPT_TOKENS} in / {NEW_TOKENS} out, LoRA r{LORA_RANK}")
-    for i, rate in enumerate(rates):
-        left.text(i, rate, f"{rate:,.0f}", ha="center", va="bottom")
-    extras = [figures["extra_gib_vs_vllm_alone"], figures["adapter_and_optimizer_gib"] + 0.25, figures["extra_gib_base_loaded_twice"]]
-    right.bar(["Tandem\n(one base)", "target\n(adapter+optim+0.25)", "base loaded\ntwice"], extras, color=["#2a7", "#ccc", "#c54"])
-    right.set_ylabel("GiB beyond vLLM alone")
-    right.set_title("GPU memory after LoadModel")
-    for i, gib in enumerate(extras):
-        right.text(i, gib, f"{gib:.2f}", ha="center", va="bottom")
+    fig, (generation, ratios, loads) = plt.subplots(1, 3, figsize=(17, 5.5), gridspec_kw={"width_ratios": [2.4, 1.2, 0.8]})
+    rows = generation_rows(data)
+    for y, (label, runs, mode) in enumerate(rows):
+        rates = [r["tokens_per_second"] for r in runs if r["mode"] == mode]
+        color = "#2a7" if label.startswith("Tandem") else "#47c"
+        if rates:
+            generation.barh(y, statistics.median(rates), color=color, alpha=0.45 if mode == "ids" else 0.8)
+            generation.scatter(rates, [y] * len(rates), color="k", s=10, zorder=3)
+            generation.text(max(rates), y, f"  {statistics.median(rates):,.0f}", va="center", fontsize=8)
+    generation.set_yticks(range(len(rows)), [label for label, _, _ in rows], fontsize=8)
+    generation.invert_yaxis()
+    generation.set_xlabel("generated tokens / s (bar: median; dots: runs)")
+    generation.set_title(f"{PROMPTS} prompts x {PROMPT_TOKENS} in / {NEW_TOKENS} out, LoRA r{LORA_RANK}", fontsize=10)
+
+    results, keys = data["results"], list(RATIO_TARGETS)
+    values = [results[k] or 0.0 for k in keys]
+    ratios.bar(range(len(keys)), values, color=["#2a7" if data["targets"][k]["met"] else "#c54" for k in keys])
+    for x, key in enumerate(keys):
+        ratios.hlines(RATIO_TARGETS[key], x - 0.4, x + 0.4, colors="k", linestyles="--")
+        ratios.text(x, values[x], f"{values[x]:.2f}", ha="center", va="bottom", fontsize=8)
+    ratios.set_xticks(range(len(keys)), [k.replace("_vs_", "\nvs ") for k in keys], fontsize=8)
+    ratios.set_title("ratios (dashed: target)", fontsize=10)
+
+    seconds = [results["load_seconds_cold"] or 0.0, results["load_seconds_warm"] or 0.0]
+    loads.bar([0, 1], seconds, color=["#2a7" if data["targets"][k]["met"] else "#c54" for k in ("load_seconds_cold", "load_seconds_warm")])
+    for x, key in enumerate(("load_seconds_cold", "load_seconds_warm")):
+        loads.hlines(UPPER_BOUNDS[key], x - 0.4, x + 0.4, colors="k", linestyles="--")
+        loads.text(x, seconds[x], f"{seconds[x]:.1f}", ha="center", va="bottom", fontsize=8)
+    loads.set_xticks([0, 1], ["cold", "warm"])
+    loads.set_title("LoadModel seconds (dashed: target)", fontsize=10)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, default=None, help="where the 1.1B model is made (default: a temporary directory)")
-    parser.add_argument("--out", type=Path, default=REPO / "tests/bench/results")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="tandem-gpu-bench-"))
-    cache_dir = args.cache_dir or work / "cache"
-    os.environ["VLLM_CACHE_ROOT"] = str(work / "vllm-cache")  # empty: the first load compiles from scratch
-    from service.tiny_model import ensure_builtin_model
+def versions() -> dict:
+    """Package versions (None where one is not installed)."""
+    result = {"python": sys.version.split()[0]}
+    for name in ("torch", "vllm", "transformers", "peft", "bitsandbytes", "grpcio", "protobuf", "triton"):
+        try:
+            result[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            result[name] = None
+    return result
 
-    ensure_builtin_model(MODEL, cache_dir)
-    print("service, cold compile cache ...", flush=True)
-    service = run_service(cache_dir, work, cold=True)
-    print("service, warm compile cache ...", flush=True)
-    warm = run_service(cache_dir, work, cold=False)
-    print("baselines ...", flush=True)
-    baselines = run_phase("gpu_baselines", cache_dir, work)
-    print("runtime profile ...", flush=True)
-    profile = run_phase("gpu_runtime_profile", cache_dir, work)
-    figures = summarize(service, warm, baselines, profile)
-    targets = verdicts(figures)
-    gpu = gpu_name()
-    date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    stem = f"{date}-gpu-{re.sub(r'[^a-z0-9]+', '-', gpu.lower()).strip('-')}"
-    record = {
-        "date": date,
-        "gpu": gpu,
-        "command": "python tests/bench/gpu_bench.py",
-        "versions": versions(),
-        "settings": {
-            "model": MODEL,
-            "load_in_4bit": True,
-            "lora_rank": LORA_RANK,
-            "gpu_memory_utilization": 0.5,
-            "prompts": PROMPTS,
-            "prompt_tokens": PROMPT_TOKENS,
-            "new_tokens": NEW_TOKENS,
-            "train_batch": "8 x 512 token ids",
-            "train_steps": TRAIN_STEPS,
-        },
-        "results": figures,
-        "targets": targets,
-        "details": {"service": service, "warm": warm, "baselines": baselines, "runtime_profile": profile},
+
+def commit() -> str | None:
+    """The checkout's commit (with ``-dirty`` for local changes), when it is a git checkout."""
+    try:
+        described = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return described.stdout.strip()
+
+
+def settings(args: argparse.Namespace, runs: int, steps: int) -> dict:
+    """What was measured, and how."""
+    spec = load_spec()
+    return {
+        "model": MODEL,
+        "load_in_4bit": spec.load_in_4bit,
+        "lora_rank": LORA_RANK,
+        "lora_alpha": LORA_ALPHA,
+        "lora_targets": list(spec.lora.target_modules),
+        "engine_max_lora_rank": engine_lora_rank(spec.max_lora_rank),
+        "gpu_memory_utilization": GPU_MEMORY_UTILIZATION,
+        "max_num_seqs": OPTIONS.max_num_seqs,
+        "cudagraph_capture_sizes": [s for s in OPTIONS.cuda_graph_batch_sizes if s <= OPTIONS.max_num_seqs],
+        "prompts": PROMPTS,
+        "prompt_tokens": PROMPT_TOKENS,
+        "new_tokens": NEW_TOKENS,
+        "ignore_eos": True,
+        "temperature": TEMPERATURE,
+        "train_batch": f"{TRAIN_SEQUENCES} x {TRAIN_SEQUENCE_TOKENS} token ids",
+        "train_steps": steps,
+        "runs_per_baseline_mode": runs,
+        "baselines": {b.name: {"label": b.label, "engine": b.engine, "VLLM_ENABLE_V1_MULTIPROCESSING": b.multiprocessing} for b in BASELINES},
+        "quick": args.quick,
+        "budget_seconds": args.budget,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
-    plot(figures, args.out / f"{stem}.png", f"Tandem vLLM engine, {MODEL}, {gpu}")
-    print_table(figures, targets)
-    print(f"\nwrote {args.out / stem}.json and .png; logs in {work}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[4:]))
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_RUNS} runs of each mode instead of {RUNS}, {QUICK_TRAIN_STEPS} train steps instead of {TRAIN_STEPS}")
+    parser.add_argument("--out", type=Path, default=REPO / "tests/bench/results", help="where the JSON record and the PNG go (default tests/bench/results)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="where the 1.1B model is made or found (default: a new temporary directory)")
+    parser.add_argument("--logs", type=Path, default=None, help="server and baseline logs (default: a new temporary directory)")
+    parser.add_argument("--budget", type=float, default=540.0, help="seconds the whole program may take (default 540)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Every phase in order (a failed phase is recorded and the rest still run), then the table; the exit status."""
+    args = parse_args(argv)
+    clock = Clock(args.budget)
+    runs, steps = (QUICK_RUNS, QUICK_TRAIN_STEPS) if args.quick else (RUNS, TRAIN_STEPS)
+    work = Path(tempfile.mkdtemp(prefix="tandem-gpu-bench-"))
+    logs = args.logs or work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    cache_dir = args.cache_dir or work / "cache"
+    name, driver, total_mib = nvidia_smi("name,driver_version,memory.total")[0]
+    date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    stem = f"{date}-gpu-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}" + ("-quick" if args.quick else "")
+    record = Record(
+        args.out / f"{stem}.json",
+        {
+            "date": date,
+            "gpu": name,
+            "gpu_driver": driver,
+            "gpu_total_mib": int(total_mib),
+            "command": "python tests/bench/gpu_bench.py" + (" --quick" if args.quick else ""),
+            "commit": commit(),
+            "versions": versions(),
+            "settings": settings(args, runs, steps),
+            "phases": {},
+            "tandem": {"warmup": [], "runs": []},
+            "baselines": {b.name: {"label": b.label, "warmup": [], "runs": []} for b in BASELINES},
+        },
+        title=f"Tandem vs vLLM alone: {MODEL}, NF4, {name}",
+    )
+    idle_mib = device_used_mib()
+    record.data["idle_gpu_mib"] = idle_mib
+    clock.log(f"{name}, {int(total_mib):,} MiB, {idle_mib} MiB in use; logs in {logs}")
+    with record.phase("setup", clock):
+        ensure_builtin_model(MODEL, cache_dir)
+    bench = Bench(clock, record, cache_dir, work / "adapter", logs, child_environment(work / "compile-cache"), idle_mib, runs, steps)
+    try:
+        with record.phase("peft", clock):
+            record.data["peft"] = run_peft(cache_dir, bench.adapter_dir, logs, bench.env, steps, timeout=max(60.0, clock.left() - RESERVE_SECONDS))
+            clock.log(f"PEFT loop {record.data['peft']['tokens_per_second_median']:,.0f} tok/s")
+        for phase in ("tandem_cold", "vllm_alone", "tandem_warm"):
+            with record.phase(phase, clock) as entry:
+                getattr(bench, phase)(entry)
+        tandem_modes = itertools.cycle(TANDEM_MODES)
+        for index, baseline in enumerate(BASELINES):
+            with record.phase(f"interleave_{baseline.name}", clock) as entry:
+                bench.interleave(baseline, len(BASELINES) - index - 1, tandem_modes, entry)
+    finally:
+        bench.close()
+        record.data["total_seconds"] = round(clock.elapsed(), 1)
+        record.save(with_plot=True)
+    print_table(record.data)
+    clock.log(f"wrote {record.path} and {record.plot_path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
