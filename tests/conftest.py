@@ -30,17 +30,20 @@ def server_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_cache: Path, server_logs: Path) -> Iterator[ServerProcess]:
-    """A real server on loopback with the tiny 4-bit model loaded, shared by one test module."""
-    process = start_server(tiny_cache, server_logs)
-    yield process
-    process.stop()
+def server_flags() -> tuple[str, ...]:
+    """Flags for the module's server beyond the loopback ports and cache: none by default.
+
+    A test module that needs a server configured its own way overrides this
+    fixture (it may use other fixtures, such as a temporary directory) and
+    then uses ``server`` and ``stub`` as every other module does.
+    """
+    return ()
 
 
-@pytest.fixture
-def fresh_server(tiny_cache: Path, server_logs: Path) -> Iterator[ServerProcess]:
-    """A real server of the test's own, for tests that change or end its state."""
-    process = start_server(tiny_cache, server_logs)
+@pytest.fixture(scope="module")
+def server(tiny_cache: Path, server_logs: Path, server_flags: tuple[str, ...]) -> Iterator[ServerProcess]:
+    """A real server on loopback with the tiny 4-bit model loaded and ``server_flags``, shared by one test module."""
+    process = start_server(tiny_cache, server_logs, *server_flags)
     yield process
     process.stop()
 

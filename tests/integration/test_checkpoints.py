@@ -4,7 +4,6 @@ restart, and sampling / scoring with the trained adapter, a saved one, or the ba
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -17,7 +16,7 @@ from tandem.v1 import tandem_pb2_grpc
 from service.runtime.peft_model import load_hf_base
 from service.runtime.specs import LoadSpec
 from service.tiny_model import ensure_builtin_model
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import start_server
 
 PROMPT = [1, 40, 41, 42]
 FIRST = [300, 301, 302, 303, 2]
@@ -31,16 +30,9 @@ def checkpoint_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ckpt_server(tiny_cache: Path, server_logs: Path, checkpoint_root: Path) -> Iterator[ServerProcess]:
-    process = start_server(tiny_cache, server_logs, "--checkpoint-root", str(checkpoint_root))
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="module")
-def ckpt_stub(ckpt_server: ServerProcess) -> Iterator[tandem_pb2_grpc.TandemServiceStub]:
-    with grpc.insecure_channel(ckpt_server.address) as channel:
-        yield tandem_pb2_grpc.TandemServiceStub(channel)
+def server_flags(checkpoint_root: Path) -> tuple[str, ...]:
+    """This module's server keeps its checkpoints in ``checkpoint_root``."""
+    return ("--checkpoint-root", str(checkpoint_root))
 
 
 def train(stub, completion: list[int], steps: int, lr: float = 1e-2) -> pb.TrainStepResponse:
@@ -96,15 +88,15 @@ def code_of(call) -> grpc.StatusCode:
     return caught.value.code()
 
 
-def test_save_list_delete_and_the_files_are_a_peft_adapter(ckpt_stub, checkpoint_root, tiny_cache):
-    train(ckpt_stub, FIRST, steps=3)
-    info = model_info(ckpt_stub)
+def test_save_list_delete_and_the_files_are_a_peft_adapter(stub, checkpoint_root, tiny_cache):
+    train(stub, FIRST, steps=3)
+    info = model_info(stub)
     ids = PROMPT + FIRST
-    current_before = logprobs(ckpt_stub, ids)
-    saved = save(ckpt_stub, "peft-format.v1")
+    current_before = logprobs(stub, ids)
+    saved = save(stub, "peft-format.v1")
     assert (saved.name, saved.step, saved.adapter_version) == ("peft-format.v1", info.step, info.adapter_version)
     assert saved.rank == info.lora.rank and saved.model_name == "tandem/tiny" and saved.size_bytes > 0 and saved.created_unix_seconds > 0
-    assert listed(ckpt_stub)["peft-format.v1"] == saved
+    assert listed(stub)["peft-format.v1"] == saved
 
     directory = checkpoint_root / "peft-format.v1"
     config = json.loads((directory / "adapter_config.json").read_text())
@@ -118,75 +110,75 @@ def test_save_list_delete_and_the_files_are_a_peft_adapter(ckpt_stub, checkpoint
     with torch.no_grad():
         peft_logprobs = torch.log_softmax(peft_model(input_ids=torch.tensor([ids])).logits[0, :-1], -1)
     expected = [0.0] + [float(peft_logprobs[i, ids[i + 1]]) for i in range(len(ids) - 1)]
-    assert logprobs(ckpt_stub, ids, "peft-format.v1")[0] == pytest.approx(expected, abs=1e-4)
+    assert logprobs(stub, ids, "peft-format.v1")[0] == pytest.approx(expected, abs=1e-4)
     # Saving and loading adapters leaves the served model exactly as it was (bitsandbytes' CPU
     # weight repacking once broke this: state_dict() changed every output).
-    assert logprobs(ckpt_stub, ids) == current_before
+    assert logprobs(stub, ids) == current_before
 
-    ckpt_stub.DeleteAdapter(pb.DeleteAdapterRequest(name="peft-format.v1"), timeout=60)
-    assert "peft-format.v1" not in listed(ckpt_stub) and not directory.exists()
+    stub.DeleteAdapter(pb.DeleteAdapterRequest(name="peft-format.v1"), timeout=60)
+    assert "peft-format.v1" not in listed(stub) and not directory.exists()
 
 
-def test_bad_names_missing_and_existing_checkpoints_have_precise_codes(ckpt_stub):
+def test_bad_names_missing_and_existing_checkpoints_have_precise_codes(stub):
     for bad in ("", "base", "../escape", "a/b", ".hidden", "x" * 65, "sp ace"):
-        assert code_of(lambda: save(ckpt_stub, bad)) == grpc.StatusCode.INVALID_ARGUMENT, bad
-        assert code_of(lambda: ckpt_stub.LoadAdapter(pb.LoadAdapterRequest(name=bad), timeout=60)) == grpc.StatusCode.INVALID_ARGUMENT, bad
-        assert code_of(lambda: ckpt_stub.DeleteAdapter(pb.DeleteAdapterRequest(name=bad), timeout=60)) == grpc.StatusCode.INVALID_ARGUMENT, bad
-    assert code_of(lambda: ckpt_stub.LoadAdapter(pb.LoadAdapterRequest(name="missing"), timeout=60)) == grpc.StatusCode.NOT_FOUND
-    assert code_of(lambda: ckpt_stub.DeleteAdapter(pb.DeleteAdapterRequest(name="missing"), timeout=60)) == grpc.StatusCode.NOT_FOUND
-    assert code_of(lambda: greedy(ckpt_stub, adapter="missing")) == grpc.StatusCode.NOT_FOUND
-    assert code_of(lambda: logprobs(ckpt_stub, PROMPT, adapter="missing")) == grpc.StatusCode.NOT_FOUND
+        assert code_of(lambda: save(stub, bad)) == grpc.StatusCode.INVALID_ARGUMENT, bad
+        assert code_of(lambda: stub.LoadAdapter(pb.LoadAdapterRequest(name=bad), timeout=60)) == grpc.StatusCode.INVALID_ARGUMENT, bad
+        assert code_of(lambda: stub.DeleteAdapter(pb.DeleteAdapterRequest(name=bad), timeout=60)) == grpc.StatusCode.INVALID_ARGUMENT, bad
+    assert code_of(lambda: stub.LoadAdapter(pb.LoadAdapterRequest(name="missing"), timeout=60)) == grpc.StatusCode.NOT_FOUND
+    assert code_of(lambda: stub.DeleteAdapter(pb.DeleteAdapterRequest(name="missing"), timeout=60)) == grpc.StatusCode.NOT_FOUND
+    assert code_of(lambda: greedy(stub, adapter="missing")) == grpc.StatusCode.NOT_FOUND
+    assert code_of(lambda: logprobs(stub, PROMPT, adapter="missing")) == grpc.StatusCode.NOT_FOUND
 
-    first = save(ckpt_stub, "twice")
-    assert code_of(lambda: save(ckpt_stub, "twice")) == grpc.StatusCode.ALREADY_EXISTS
-    train(ckpt_stub, FIRST, steps=1)
-    replaced = save(ckpt_stub, "twice", overwrite=True)
-    assert replaced.adapter_version == first.adapter_version + 1 and listed(ckpt_stub)["twice"] == replaced
-    ckpt_stub.DeleteAdapter(pb.DeleteAdapterRequest(name="twice"), timeout=60)
+    first = save(stub, "twice")
+    assert code_of(lambda: save(stub, "twice")) == grpc.StatusCode.ALREADY_EXISTS
+    train(stub, FIRST, steps=1)
+    replaced = save(stub, "twice", overwrite=True)
+    assert replaced.adapter_version == first.adapter_version + 1 and listed(stub)["twice"] == replaced
+    stub.DeleteAdapter(pb.DeleteAdapterRequest(name="twice"), timeout=60)
 
 
-def test_generate_and_logprobs_from_the_trained_a_saved_and_the_base_adapter(ckpt_stub):
+def test_generate_and_logprobs_from_the_trained_a_saved_and_the_base_adapter(stub):
     """The default max_loras=1 holds one saved adapter at a time: switching between two evicts and reloads."""
-    early = save(ckpt_stub, "early", overwrite=True)
-    teach(ckpt_stub, FIRST)
-    taught = save(ckpt_stub, "taught-first", overwrite=True)
-    teach(ckpt_stub, SECOND)
-    current_version = model_info(ckpt_stub).adapter_version
+    early = save(stub, "early", overwrite=True)
+    teach(stub, FIRST)
+    taught = save(stub, "taught-first", overwrite=True)
+    teach(stub, SECOND)
+    current_version = model_info(stub).adapter_version
 
-    tokens, sampled_logprobs, versions = greedy(ckpt_stub, "taught-first")
+    tokens, sampled_logprobs, versions = greedy(stub, "taught-first")
     assert tokens == FIRST and versions == {taught.adapter_version}
-    assert greedy(ckpt_stub, "")[0] == SECOND and greedy(ckpt_stub, "")[2] == {current_version}
-    base_tokens, _, base_versions = greedy(ckpt_stub, "base")
+    assert greedy(stub, "")[0] == SECOND and greedy(stub, "")[2] == {current_version}
+    base_tokens, _, base_versions = greedy(stub, "base")
     assert base_tokens not in (FIRST, SECOND) and base_versions == {0}
-    assert greedy(ckpt_stub, "early")[2] == {early.adapter_version}
-    assert greedy(ckpt_stub, "taught-first")[0] == FIRST  # evicted by "early" and loaded again
+    assert greedy(stub, "early")[2] == {early.adapter_version}
+    assert greedy(stub, "taught-first")[0] == FIRST  # evicted by "early" and loaded again
 
     # ComputeLogprobs scores with the same adapters, and agrees with the sampler's logprobs.
-    saved_lp, saved_version = logprobs(ckpt_stub, PROMPT + FIRST, "taught-first")
+    saved_lp, saved_version = logprobs(stub, PROMPT + FIRST, "taught-first")
     assert saved_version == taught.adapter_version
     assert saved_lp[len(PROMPT):] == pytest.approx(sampled_logprobs, abs=1e-4)
-    current_lp, version = logprobs(ckpt_stub, PROMPT + FIRST, "")
-    base_lp, base_version = logprobs(ckpt_stub, PROMPT + FIRST, "base")
+    current_lp, version = logprobs(stub, PROMPT + FIRST, "")
+    base_lp, base_version = logprobs(stub, PROMPT + FIRST, "base")
     assert (version, base_version) == (current_version, 0)
     assert sum(saved_lp) > sum(current_lp) + 5 and sum(saved_lp) > sum(base_lp) + 5
 
     # Saved adapters held by the engine and the scorer do not change which adapter trains.
-    reply = train(ckpt_stub, FIRST, steps=1, lr=1e-2)
+    reply = train(stub, FIRST, steps=1, lr=1e-2)
     assert reply.outcome == pb.STEP_OUTCOME_APPLIED and reply.adapter_version == current_version + 1
-    assert logprobs(ckpt_stub, PROMPT + FIRST, "")[0] != current_lp
-    assert logprobs(ckpt_stub, PROMPT + FIRST, "taught-first")[0] == saved_lp
+    assert logprobs(stub, PROMPT + FIRST, "")[0] != current_lp
+    assert logprobs(stub, PROMPT + FIRST, "taught-first")[0] == saved_lp
 
 
-def test_overwrite_and_delete_reach_the_engine(ckpt_stub):
-    teach(ckpt_stub, FIRST)
-    save(ckpt_stub, "moving", overwrite=True)
-    assert greedy(ckpt_stub, "moving")[0] == FIRST
-    teach(ckpt_stub, SECOND)
-    replaced = save(ckpt_stub, "moving", overwrite=True)
-    tokens, _, versions = greedy(ckpt_stub, "moving")
+def test_overwrite_and_delete_reach_the_engine(stub):
+    teach(stub, FIRST)
+    save(stub, "moving", overwrite=True)
+    assert greedy(stub, "moving")[0] == FIRST
+    teach(stub, SECOND)
+    replaced = save(stub, "moving", overwrite=True)
+    tokens, _, versions = greedy(stub, "moving")
     assert tokens == SECOND and versions == {replaced.adapter_version}
-    ckpt_stub.DeleteAdapter(pb.DeleteAdapterRequest(name="moving"), timeout=60)
-    assert code_of(lambda: greedy(ckpt_stub, "moving")) == grpc.StatusCode.NOT_FOUND
+    stub.DeleteAdapter(pb.DeleteAdapterRequest(name="moving"), timeout=60)
+    assert code_of(lambda: greedy(stub, "moving")) == grpc.StatusCode.NOT_FOUND
 
 
 def batch(seed: int) -> pb.TrainStepRequest:

@@ -10,15 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from tandem.v1 import tandem_pb2 as pb
-from tandem.v1 import tandem_pb2_grpc
 
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import ServerProcess
 
 LIMITS = {
     "max-prompts-per-request": 2,
@@ -36,23 +34,15 @@ LONG = pb.SamplingParams(max_tokens=1500, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def limited(tiny_cache: Path, server_logs: Path) -> Iterator[ServerProcess]:
-    flags = [item for name, value in LIMITS.items() for item in (f"--{name}", str(value))]
-    process = start_server(tiny_cache, server_logs, *flags)
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="module")
-def limited_stub(limited: ServerProcess) -> Iterator[tandem_pb2_grpc.TandemServiceStub]:
-    with grpc.insecure_channel(limited.address) as channel:
-        yield tandem_pb2_grpc.TandemServiceStub(channel)
+def server_flags() -> tuple[str, ...]:
+    """This module's server runs with the small LIMITS."""
+    return tuple(item for name, value in LIMITS.items() for item in (f"--{name}", str(value)))
 
 
 @pytest.fixture(autouse=True)
 def still_serving(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    server: ServerProcess = request.getfixturevalue("limited")
+    server: ServerProcess = request.getfixturevalue("server")
     assert server.health() == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -85,10 +75,10 @@ def _error(call) -> grpc.RpcError:
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
-def test_generate_over_a_size_limit_is_invalid_argument(limited_stub, request_: pb.GenerateRequest, limit: str) -> None:
+def test_generate_over_a_size_limit_is_invalid_argument(stub, request_: pb.GenerateRequest, limit: str) -> None:
     if limit == "max_seq_length":  # prompt + max_tokens past the model's context
         request_.sampling.max_tokens = 1500
-    error = _error(lambda: limited_stub.Generate(request_, timeout=30))
+    error = _error(lambda: stub.Generate(request_, timeout=30))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert limit in error.details()
 
@@ -101,12 +91,12 @@ def test_generate_over_a_size_limit_is_invalid_argument(limited_stub, request_: 
     ],
     ids=["sequences", "tokens"],
 )
-def test_train_step_over_a_size_limit_is_invalid_argument(limited_stub, request_: pb.TrainStepRequest, limit: str) -> None:
-    before = limited_stub.GetModel(pb.GetModelRequest()).model
-    error = _error(lambda: limited_stub.TrainStep(request_, timeout=30))
+def test_train_step_over_a_size_limit_is_invalid_argument(stub, request_: pb.TrainStepRequest, limit: str) -> None:
+    before = stub.GetModel(pb.GetModelRequest()).model
+    error = _error(lambda: stub.TrainStep(request_, timeout=30))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert limit in error.details()
-    after = limited_stub.GetModel(pb.GetModelRequest()).model
+    after = stub.GetModel(pb.GetModelRequest()).model
     assert (after.step, after.adapter_version) == (before.step, before.adapter_version)
 
 
@@ -115,14 +105,14 @@ def test_train_step_over_a_size_limit_is_invalid_argument(limited_stub, request_
     [([pb.TokenIds(ids=[5, 6])] * 3, "max_train_sequences"), ([pb.TokenIds(ids=[5] * 40)] * 2, "max_train_tokens")],
     ids=["sequences", "tokens"],
 )
-def test_compute_logprobs_is_bounded_like_train_step(limited_stub, sequences: list[pb.TokenIds], limit: str) -> None:
-    error = _error(lambda: limited_stub.ComputeLogprobs(pb.ComputeLogprobsRequest(sequences=sequences), timeout=30))
+def test_compute_logprobs_is_bounded_like_train_step(stub, sequences: list[pb.TokenIds], limit: str) -> None:
+    error = _error(lambda: stub.ComputeLogprobs(pb.ComputeLogprobsRequest(sequences=sequences), timeout=30))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert limit in error.details()
 
 
-def test_message_over_max_message_bytes_is_refused_by_grpc(limited_stub) -> None:
-    error = _error(lambda: limited_stub.Generate(_generate(prompts=[pb.Prompt(text="x" * 70_000)]), timeout=30))
+def test_message_over_max_message_bytes_is_refused_by_grpc(stub) -> None:
+    error = _error(lambda: stub.Generate(_generate(prompts=[pb.Prompt(text="x" * 70_000)]), timeout=30))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert str(LIMITS["max-message-bytes"]) in error.details()  # gRPC says "larger than max (70009 vs. 65536)"
 
@@ -151,21 +141,21 @@ def _eventually_refused(call, within: float = 10.0) -> grpc.RpcError:
         time.sleep(0.05)
 
 
-def test_calls_over_max_concurrent_rpcs_are_resource_exhausted(limited: ServerProcess, limited_stub) -> None:
-    with _running_streams(limited_stub, 3, _generate(sampling=LONG)):
-        error = _eventually_refused(lambda: limited_stub.GetModel(pb.GetModelRequest(), timeout=30))
+def test_calls_over_max_concurrent_rpcs_are_resource_exhausted(server: ServerProcess, stub) -> None:
+    with _running_streams(stub, 3, _generate(sampling=LONG)):
+        error = _eventually_refused(lambda: stub.GetModel(pb.GetModelRequest(), timeout=30))
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_concurrent_rpcs=3" in error.details()
-        assert limited.health() == health_pb2.HealthCheckResponse.SERVING  # probes are not counted
-    assert limited_stub.GetModel(pb.GetModelRequest(), timeout=30).loaded
+        assert server.health() == health_pb2.HealthCheckResponse.SERVING  # probes are not counted
+    assert stub.GetModel(pb.GetModelRequest(), timeout=30).loaded
 
 
-def test_samples_over_max_queued_generations_are_resource_exhausted(limited_stub) -> None:
+def test_samples_over_max_queued_generations_are_resource_exhausted(stub) -> None:
     four_samples = _generate(prompts=[pb.Prompt(text="a"), pb.Prompt(text="b")], sampling=pb.SamplingParams(n=2, max_tokens=1500, ignore_eos=True))
     short = _generate(sampling=pb.SamplingParams(max_tokens=4, ignore_eos=True))
-    with _running_streams(limited_stub, 1, four_samples):
-        error = _error(lambda: limited_stub.Generate(short, timeout=30))
+    with _running_streams(stub, 1, four_samples):
+        error = _error(lambda: stub.Generate(short, timeout=30))
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_queued_generations=4" in error.details()
-    chunks = list(limited_stub.Generate(short, timeout=60))  # the cancelled samples no longer count
+    chunks = list(stub.Generate(short, timeout=60))  # the cancelled samples no longer count
     assert chunks[-1].finish_reason == pb.FINISH_REASON_LENGTH

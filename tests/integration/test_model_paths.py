@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from tandem.v1 import tandem_pb2 as pb
-from tandem.v1 import tandem_pb2_grpc
 
 from service.tiny_model import ensure_builtin_model
-from tests.support.server import ServerProcess, start_server
-
 MARKER = "remote-code-ran"
 
 
@@ -45,16 +41,9 @@ def roots(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rooted(tiny_cache: Path, server_logs: Path, roots: Path) -> Iterator[ServerProcess]:
-    process = start_server(tiny_cache, server_logs, "--model-root", str(roots / "root"))
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="module")
-def rooted_stub(rooted: ServerProcess) -> Iterator[tandem_pb2_grpc.TandemServiceStub]:
-    with grpc.insecure_channel(rooted.address) as channel:
-        yield tandem_pb2_grpc.TandemServiceStub(channel)
+def server_flags(roots: Path) -> tuple[str, ...]:
+    """This module's server resolves model names under <roots>/root."""
+    return ("--model-root", str(roots / "root"))
 
 
 def _load(stub, name: str) -> pb.ModelInfo:
@@ -74,24 +63,24 @@ def _load(stub, name: str) -> pb.ModelInfo:
     ],
     ids=["dotdot", "dotdot-inside", "symlink-escape", "absolute", "remote-code", "missing"],
 )
-def test_refused_names_leave_the_loaded_model_serving(rooted_stub, roots: Path, name: str, code: grpc.StatusCode) -> None:
+def test_refused_names_leave_the_loaded_model_serving(stub, roots: Path, name: str, code: grpc.StatusCode) -> None:
     name = name.replace("{outside}", str(roots / "outside"))
     server_paths = str(roots) if not name.startswith("/") else str(roots / "root")  # an absolute name is echoed back
-    before = rooted_stub.GetModel(pb.GetModelRequest()).model
+    before = stub.GetModel(pb.GetModelRequest()).model
     with pytest.raises(grpc.RpcError) as error:
-        _load(rooted_stub, name)
+        _load(stub, name)
     assert error.value.code() == code
     assert "model_name" in error.value.details() or code == grpc.StatusCode.NOT_FOUND
     assert server_paths not in error.value.details()
-    after = rooted_stub.GetModel(pb.GetModelRequest()).model
+    after = stub.GetModel(pb.GetModelRequest()).model
     assert after.model_name == before.model_name and after.adapter_version == before.adapter_version
     assert not (roots / MARKER).exists()
 
 
-def test_names_under_the_root_load(rooted_stub) -> None:
-    assert _load(rooted_stub, "good").model_name == "good"
+def test_names_under_the_root_load(stub) -> None:
+    assert _load(stub, "good").model_name == "good"
 
 
-def test_an_auto_map_beside_a_known_architecture_loads_the_builtin_class_without_running_code(rooted_stub, roots: Path) -> None:
-    assert _load(rooted_stub, "known-type-with-auto-map").model_name == "known-type-with-auto-map"
+def test_an_auto_map_beside_a_known_architecture_loads_the_builtin_class_without_running_code(stub, roots: Path) -> None:
+    assert _load(stub, "known-type-with-auto-map").model_name == "known-type-with-auto-map"
     assert not (roots / MARKER).exists()
