@@ -151,87 +151,63 @@ def train_step(
     on_applied: SyncAdapter,
 ) -> TrainResult:
     """Run one TrainStep, all or nothing; ``on_applied`` brings a new adapter to the engine and returns seconds spent."""
-    rollback = _Rollback.begin(loaded)
-    try:
-        return _run_step(loaded, sequences, loss_spec, optimizer_spec, accumulate, queued_at, on_applied, rollback)
-    except torch.OutOfMemoryError:
-        rollback.undo(on_applied)
-        _release_cached_memory()
-        raise ResourceExhausted(
-            f"out of accelerator memory in TrainStep ({rollback.stage}); nothing was applied: send fewer or shorter sequences "
-            "per call (accumulate=true spreads one optimizer step over several calls)"
-        ) from None
-    except BaseException:
-        rollback.undo(on_applied)
-        raise
+    # Stages: ``rollback.stage`` names the one running. State changes only by assignment after all fallible
+    # work, except what ``rollback`` holds a copy of; leaving the block by an exception puts everything back.
+    with _Rollback.begin(loaded, on_applied) as rollback:
+        started = time.perf_counter()
+        state = loaded.state
+        batch = collate(sequences, pad_id=loaded.eos_token_ids[0], device=loaded.device)
+        tokens = int((batch["weights"] > 0).sum())
+        prepared = time.perf_counter()
+        rollback.stage = "forward and backward"
+        output, grads = _backward(loaded, batch, loss_spec)
+        loss = float(output.loss.detach())
+        backward_done = time.perf_counter()
 
+        def result(outcome: StepOutcome, grad_norm: float = 0.0, optimizer_s: float = 0.0, sync_s: float = 0.0) -> TrainResult:
+            now = time.perf_counter()
+            return TrainResult(
+                outcome=outcome,
+                loss=loss,
+                grad_norm=grad_norm,
+                tokens=tokens,
+                step=state.step,
+                adapter_version=state.adapter_version,
+                accumulated_micro_batches=state.micro_batches,
+                seconds=PhaseSeconds(
+                    queue=started - queued_at,
+                    prepare=prepared - started,
+                    forward_backward=backward_done - prepared,
+                    optimizer=optimizer_s,
+                    sync=sync_s,
+                    total=now - started,
+                ),
+                clip_fraction=output.clip_fraction,
+                importance_ratio_mean=output.importance_ratio_mean,
+            )
 
-def _run_step(
-    loaded: LoadedModel,
-    sequences: list[PreparedSequence],
-    loss_spec: LossSpec,
-    optimizer_spec: OptimizerSpec,
-    accumulate: bool,
-    queued_at: float,
-    on_applied: SyncAdapter,
-    rollback: _Rollback,
-) -> TrainResult:
-    """The stages of ``train_step``; ``rollback.stage`` names the one running, and state changes only by assignment
-    after all fallible work, except where ``rollback`` holds a copy."""
-    started = time.perf_counter()
-    state = loaded.state
-    batch = collate(sequences, pad_id=loaded.eos_token_ids[0], device=loaded.device)
-    tokens = int((batch["weights"] > 0).sum())
-    prepared = time.perf_counter()
-    rollback.stage = "forward and backward"
-    output, grads = _backward(loaded, batch, loss_spec)
-    loss = float(output.loss.detach())
-    backward_done = time.perf_counter()
+        if grads is None or not _grads_finite(grads):
+            return result(StepOutcome.SKIPPED_NONFINITE)
+        rollback.stage = "gradient accumulation"
+        summed = _add_accumulated(grads, state.accumulated)
+        micro_batches = state.micro_batches + 1
+        if accumulate:
+            state.accumulated, state.micro_batches = summed, micro_batches
+            return result(StepOutcome.ACCUMULATED)
 
-    def result(outcome: StepOutcome, grad_norm: float = 0.0, optimizer_s: float = 0.0, sync_s: float = 0.0) -> TrainResult:
-        now = time.perf_counter()
-        return TrainResult(
-            outcome=outcome,
-            loss=loss,
-            grad_norm=grad_norm,
-            tokens=tokens,
-            step=state.step,
-            adapter_version=state.adapter_version,
-            accumulated_micro_batches=state.micro_batches,
-            seconds=PhaseSeconds(
-                queue=started - queued_at,
-                prepare=prepared - started,
-                forward_backward=backward_done - prepared,
-                optimizer=optimizer_s,
-                sync=sync_s,
-                total=now - started,
-            ),
-            clip_fraction=output.clip_fraction,
-            importance_ratio_mean=output.importance_ratio_mean,
-        )
-
-    if grads is None or not _grads_finite(grads):
-        return result(StepOutcome.SKIPPED_NONFINITE)
-    rollback.stage = "gradient accumulation"
-    summed = _add_accumulated(grads, state.accumulated)
-    micro_batches = state.micro_batches + 1
-    if accumulate:
-        state.accumulated, state.micro_batches = summed, micro_batches
-        return result(StepOutcome.ACCUMULATED)
-
-    rollback.stage = "optimizer step"
-    optimizer_started = time.perf_counter()
-    norm = _apply_step(loaded, summed, micro_batches, optimizer_spec, rollback)
-    if norm is None:
-        return result(StepOutcome.SKIPPED_NONFINITE)
-    state.accumulated, state.micro_batches = None, 0
-    state.step += 1
-    state.adapter_version += 1
-    optimizer_s = time.perf_counter() - optimizer_started
-    rollback.stage = "adapter sync"
-    rollback.synced = True
-    sync_s = on_applied(loaded)
-    return result(StepOutcome.APPLIED, grad_norm=norm, optimizer_s=optimizer_s, sync_s=sync_s)
+        rollback.stage = "optimizer step"
+        optimizer_started = time.perf_counter()
+        norm = _apply_step(loaded, summed, micro_batches, optimizer_spec, rollback)
+        if norm is None:
+            return result(StepOutcome.SKIPPED_NONFINITE)
+        state.accumulated, state.micro_batches = None, 0
+        state.step += 1
+        state.adapter_version += 1
+        optimizer_s = time.perf_counter() - optimizer_started
+        rollback.stage = "adapter sync"
+        rollback.synced = True
+        sync_s = on_applied(loaded)
+        return result(StepOutcome.APPLIED, grad_norm=norm, optimizer_s=optimizer_s, sync_s=sync_s)
 
 
 def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
@@ -281,9 +257,11 @@ class _OptimizerSnapshot:
 
 @dataclass
 class _Rollback:
-    """What a failed TrainStep puts back. All of it is small except ``optimizer``, taken only just before AdamW runs."""
+    """What a failed TrainStep puts back, as a context manager: leaving by an exception undoes the step
+    (out of memory becomes ResourceExhausted). All of it is small except ``optimizer``, taken just before AdamW runs."""
 
     loaded: LoadedModel
+    sync: SyncAdapter
     counters: tuple[list[torch.Tensor] | None, int, int, int]
     """accumulated (the buffer itself: the step only replaces it), micro_batches, step, adapter_version."""
     grads: list[torch.Tensor | None]
@@ -295,20 +273,35 @@ class _Rollback:
     """The new weights may have reached the engine: sync the restored ones."""
 
     @classmethod
-    def begin(cls, loaded: LoadedModel) -> _Rollback:
+    def begin(cls, loaded: LoadedModel, sync: SyncAdapter) -> _Rollback:
         """Note the state a failure returns to."""
         state = loaded.state
         device = loaded.device
         cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         return cls(
             loaded=loaded,
+            sync=sync,
             counters=(state.accumulated, state.micro_batches, state.step, state.adapter_version),
             grads=[param.grad for param in loaded.trainable],
             hyperparameters=[{k: v for k, v in group.items() if k != "params"} for group in loaded.optimizer.param_groups],
             rng=(torch.get_rng_state(), cuda_rng),
         )
 
-    def undo(self, sync: SyncAdapter) -> None:
+    def __enter__(self) -> _Rollback:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
+        if error is None:
+            return
+        self.undo()
+        if isinstance(error, torch.OutOfMemoryError):
+            _release_cached_memory()
+            raise ResourceExhausted(
+                f"out of accelerator memory in TrainStep ({self.stage}); nothing was applied: send fewer or shorter sequences "
+                "per call (accumulate=true spreads one optimizer step over several calls)"
+            ) from None
+
+    def undo(self) -> None:
         """Put everything back; after a failed sync, sync the restored adapter so the engine matches its version."""
         loaded, state = self.loaded, self.loaded.state
         if self.optimizer is not None:
@@ -324,7 +317,7 @@ class _Rollback:
             torch.cuda.set_rng_state(cuda_rng, loaded.device)
         if self.synced:
             try:
-                sync(loaded)
+                self.sync(loaded)
             except Exception:  # the caller hears the step's own failure; this one is for the log
                 log.exception("could not sync the restored adapter (version %d) back to the engine", state.adapter_version)
 
