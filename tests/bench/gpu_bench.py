@@ -282,13 +282,22 @@ def start_tandem(cache_dir: Path, logs: Path, env: dict[str, str]) -> ServerProc
 
 
 def stop_tandem(server: ServerProcess, clock: Clock) -> None:
-    """Stop the server; its engine process too, by id, should it outlive it."""
-    tree = process_tree(server.process.pid)
+    """Stop the server; its engine process too, by id, should it outlive it (and still run the same command)."""
+    children = {pid: command_line(pid) for pid in process_tree(server.process.pid) - {server.process.pid}}
     server.stop()
-    for pid in sorted(tree - {server.process.pid}):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-            clock.log(f"killed the server's leftover process {pid}")
+    for pid, command in sorted(children.items()):
+        if command and command_line(pid) == command:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                clock.log(f"killed the server's leftover process {pid}")
+
+
+def command_line(pid: int) -> bytes:
+    """A process's command line (empty once it has gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def load_model(server: ServerProcess, timeout: float) -> dict:
