@@ -33,6 +33,9 @@ class VllmOptions:
     enforce_eager: bool = False
     """Skip torch.compile and CUDA graphs (faster start, slower decoding): for tests."""
     cuda_graph_batch_sizes: tuple[int, ...] = CUDA_GRAPH_BATCH_SIZES
+    max_num_batched_tokens: int = 16384
+    """Tokens one engine step may schedule (prefill chunk size). vLLM's default is 2048 for an engine started
+    as AsyncLLM, 16384 for ``LLM`` on a large GPU: 256 prompts of 128 tokens then prefill in 2 steps, not 16."""
 
 
 OPTIONS = VllmOptions()
@@ -68,6 +71,7 @@ def engine_kwargs(spec: LoadSpec, model_dir: Path, options: VllmOptions) -> dict
         max_loras=spec.max_loras + 1,  # the trained adapter's pinned slot + max_loras saved ones
         enable_sleep_mode=spec.standby,
         max_num_seqs=options.max_num_seqs,
+        max_num_batched_tokens=max(options.max_num_batched_tokens, spec.max_seq_length),
         enforce_eager=options.enforce_eager,
         compilation_config={"cudagraph_capture_sizes": sizes},
         worker_extension_cls=WORKER_EXTENSION,
