@@ -7,23 +7,20 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from tests.support.server import REPO, ServerProcess, require_tool, start_server
+from tests.support.server import REPO, ServerProcess, require_tool
 
 PACKAGED_PATH = "tandem/v1/tandem.protoset"
 
 
 @pytest.fixture(scope="module")
-def server_without_reflection(tiny_cache: Path, server_logs: Path) -> Iterator[ServerProcess]:
-    """A server with ``--no-reflection`` and no model: tools must bring the schema themselves."""
-    process = start_server(tiny_cache, server_logs, "--model", "none", "--no-reflection", wait_ready=False)
-    yield process
-    assert process.stop() == 0
+def server_flags() -> tuple[str, ...]:
+    """Reflection off: tools must bring the schema themselves."""
+    return ("--no-reflection",)
 
 
 def test_the_client_wheel_ships_the_protoset(tmp_path: Path) -> None:
@@ -36,16 +33,16 @@ def test_the_client_wheel_ships_the_protoset(tmp_path: Path) -> None:
         assert archive.read(PACKAGED_PATH) == (source / "src" / PACKAGED_PATH).read_bytes()
 
 
-def test_grpcurl_describes_and_calls_with_the_installed_protoset_where_reflection_is_off(server_without_reflection: ServerProcess) -> None:
+def test_grpcurl_describes_and_calls_with_the_installed_protoset_where_reflection_is_off(server: ServerProcess) -> None:
     grpcurl = require_tool("grpcurl")
     with resources.as_file(resources.files("tandem.v1") / "tandem.protoset") as protoset:
         base = [grpcurl, "-plaintext", "-protoset", str(protoset)]
         described = subprocess.run([*base, "describe", "tandem.v1.TandemService.Generate"], capture_output=True, text=True, timeout=60)
         called = subprocess.run(
-            [*base, "-d", "{}", server_without_reflection.address, "tandem.v1.TandemService/GetModel"], capture_output=True, text=True, timeout=60
+            [*base, "-d", "{}", server.address, "tandem.v1.TandemService/GetModel"], capture_output=True, text=True, timeout=60
         )
     assert described.returncode == 0, described.stderr
     assert "rpc Generate ( .tandem.v1.GenerateRequest ) returns ( stream .tandem.v1.GenerateResponse );" in described.stdout
     assert "//" in described.stdout, "the protoset keeps the proto's comments"
     assert called.returncode == 0, called.stderr
-    assert json.loads(called.stdout).get("loaded", False) is False
+    assert json.loads(called.stdout)["loaded"] is True

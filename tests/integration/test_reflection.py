@@ -1,19 +1,15 @@
-"""Reflection, v1alpha and v1, names the file declaring any symbol a tool asks for, methods included.
-
-The server starts with ``--model none``: reflection needs no model.
-"""
+"""Reflection, v1alpha and v1, names the file declaring any symbol a tool asks for, methods included."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import ServerProcess
 
 Reflect = Callable[[str], reflection_pb2.ServerReflectionResponse]
 PROTOCOLS = ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
@@ -27,18 +23,10 @@ SYMBOLS = {
 }
 
 
-@pytest.fixture(scope="module")
-def modelless_server(tiny_cache: Path, server_logs: Path) -> Iterator[ServerProcess]:
-    """A server with reflection on (the default) and no model."""
-    process = start_server(tiny_cache, server_logs, "--model", "none", wait_ready=False)
-    yield process
-    assert process.stop() == 0
-
-
 @pytest.fixture(params=PROTOCOLS)
-def reflect(request: pytest.FixtureRequest, modelless_server: ServerProcess) -> Iterator[Reflect]:
+def reflect(request: pytest.FixtureRequest, server: ServerProcess) -> Iterator[Reflect]:
     """Ask one file_containing_symbol question over the protocol version of the parameter."""
-    with grpc.insecure_channel(modelless_server.address) as channel:
+    with grpc.insecure_channel(server.address) as channel:
         info = channel.stream_stream(
             f"/{request.param}/ServerReflectionInfo",
             request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
