@@ -253,15 +253,12 @@ def _engine_failure(error: Exception) -> TandemError:
 
 
 def _post(deliveries: list[tuple[Inbox, SampleChunk | BaseException]]) -> None:
-    """Hand items to their inboxes with one thread-safe call per event loop (a closed loop costs only its own)."""
+    """Hand items to their inboxes with one thread-safe call per event loop."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, SampleChunk | BaseException]]] = {}
     for inbox, item in deliveries:
         by_loop.setdefault(inbox.loop, []).append((inbox.queue, item))
     for loop, items in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_deliver, items)
-        except RuntimeError:  # the event loop is closed: its callers have gone
-            log.warning("dropped %d deliveries to a closed event loop", len(items))
+        loop.call_soon_threadsafe(_deliver, items)
 
 
 def _deliver(items: list[tuple[asyncio.Queue, SampleChunk | BaseException]]) -> None:
