@@ -16,17 +16,18 @@ How, without a second copy of adapter + optimizer on the device:
   has run. So accumulation needs no undo (and a skipped step no subtraction,
   which would not give back the same bits).
 - AdamW changes weights and moments in place and allocates as it goes, so it
-  can fail half-way. Just before it runs, the trainable weights and optimizer
-  state are copied to host memory (pinned, queued on the device's stream, so
-  the copy runs ahead of the optimizer's kernels without a host sync), and a
-  failure there or in the adapter sync copies them back. The copy is taken
-  only on steps that reach the optimizer; the device holds nothing extra.
-  Measured with fp32 tensors shaped like the 1.1B model's rank-64 adapter
-  (0.17 GB) and its AdamW moments (0.33 GB): on one H200 the copy makes an
-  applied optimizer step 17 ms instead of 3.5 ms, with no device memory over
-  AdamW's own temporaries; on CPU (2 shared cores) 0.2 s at best, and the
-  tiny model's copy 0.7 ms of a 111 ms step. A copy kept on the device would
-  take 0.5 GB, twice the 0.25 GiB the budget allows over vLLM.
+  can fail half-way. On a call that may step (not ``accumulate``), the
+  trainable weights and optimizer state are copied to pinned host memory at
+  the start, on a side stream, so the copy runs beside the forward and
+  backward passes (which only read those tensors) and AdamW waits for it; a
+  failure there or in the adapter sync copies them back. The device holds
+  nothing extra. Measured with fp32 tensors shaped like the 1.1B model's
+  rank-64 adapter (0.17 GB) and its AdamW moments (0.33 GB) on one H200, a copy
+  taken right before the optimizer made an applied step 17 ms instead of
+  3.5 ms; overlapped with the passes it is hidden behind them. On CPU the copy
+  is synchronous: the tiny model's takes 0.7 ms of a 111 ms step. A copy kept
+  on the device would take 0.5 GB, twice the 0.25 GiB the budget allows over
+  vLLM.
 - Counters, optimizer hyperparameters, ``.grad`` references and RNG state
   (LoRA dropout) are kept by reference or as small values and put back on any
   failure; after a failed sync the restored weights are synced again, so the
@@ -35,6 +36,7 @@ How, without a second copy of adapter + optimizer on the device:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -60,7 +62,6 @@ def collate(sequences: list[PreparedSequence], pad_id: int, device: torch.device
     width = max(len(s.token_ids) for s in sequences)
     batch = len(sequences)
     input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    attention = torch.zeros((batch, width), dtype=torch.long)
     weights = torch.zeros((batch, width - 1))
     advantages = torch.zeros((batch, width - 1))
     sampler = torch.zeros((batch, width - 1))
@@ -68,22 +69,24 @@ def collate(sequences: list[PreparedSequence], pad_id: int, device: torch.device
     for i, seq in enumerate(sequences):
         n = len(seq.token_ids)
         input_ids[i, :n] = torch.tensor(seq.token_ids)
-        attention[i, :n] = 1
         weights[i, : n - 1] = torch.tensor(seq.weights[1:])
         advantages[i, : n - 1] = torch.tensor(seq.advantages[1:])
         if seq.sampler_logprobs is not None:
             sampler[i, : n - 1] = torch.tensor(seq.sampler_logprobs[1:])
             has_sampler[i] = True
-    tensors = dict(input_ids=input_ids, attention_mask=attention, weights=weights, advantages=advantages, sampler_logprobs=sampler, has_sampler=has_sampler)
+    tensors = dict(input_ids=input_ids, weights=weights, advantages=advantages, sampler_logprobs=sampler, has_sampler=has_sampler)
     return {k: v.to(device) for k, v in tensors.items()}
 
 
-def sequence_logprobs(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter_names: list[str] | None = None
-) -> torch.Tensor:
-    """Logprob of each token given those before it: [B, T-1] (float32). ``adapter_names``: PEFT's per-row adapters (eval only)."""
+def sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, adapter_names: list[str] | None = None) -> torch.Tensor:
+    """Logprob of each token given those before it: [B, T-1] (float32). ``adapter_names``: PEFT's per-row adapters (eval only).
+
+    Batches are right-padded, so no attention mask is passed: with causal attention a real token never
+    sees the padding after it, positions count from 0 either way, and padding carries no loss weight.
+    Without a mask, attention takes its fused causal kernel (SDPA with a mask cannot).
+    """
     extra = {} if adapter_names is None else {"adapter_names": adapter_names}
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
+    logits = model(input_ids=input_ids, use_cache=False, **extra).logits
     return token_logprobs(logits[:, :-1, :], input_ids[:, 1:])
 
 
@@ -101,7 +104,7 @@ def _backward(loaded: LoadedModel, batch: dict[str, torch.Tensor], loss_spec: Lo
     """Loss and its gradient in fresh tensors (None when the loss is not finite); nothing in the model or optimizer changes."""
     loaded.model.train()
     try:
-        logprobs = sequence_logprobs(loaded.model, batch["input_ids"], batch["attention_mask"])
+        logprobs = sequence_logprobs(loaded.model, batch["input_ids"])
         # Without sampler logprobs a policy loss is on-policy: the ratio is 1 and its gradient is A * grad(logp).
         sampler = torch.where(batch["has_sampler"], batch["sampler_logprobs"], logprobs.detach())
         output = compute_loss(LossInputs(logprobs, batch["weights"], batch["advantages"], sampler), loss_spec)
@@ -124,8 +127,8 @@ def _add_accumulated(grads: list[torch.Tensor], accumulated: list[torch.Tensor] 
 def _apply_step(loaded: LoadedModel, summed: list[torch.Tensor], micro_batches: int, spec: OptimizerSpec, rollback: _Rollback) -> float | None:
     """Mean gradient -> clip -> AdamW. Returns the pre-clip norm, or None if non-finite (then nothing changed).
 
-    ``summed`` is scratch (divided in place). The host copy is taken after the
-    norm check, so a skipped step costs none.
+    ``summed`` is scratch (divided in place). The host copy was started before
+    the forward pass (``train_step``); AdamW waits for it here.
     """
     for param, grad in zip(loaded.trainable, summed):
         param.grad = grad.div_(micro_batches)
@@ -134,7 +137,7 @@ def _apply_step(loaded: LoadedModel, summed: list[torch.Tensor], micro_batches: 
     if not math.isfinite(norm):
         loaded.optimizer.zero_grad(set_to_none=True)
         return None
-    rollback.optimizer = _OptimizerSnapshot.take(loaded)
+    rollback.optimizer.ready(loaded.device)
     _configure_optimizer(loaded.optimizer, spec)
     loaded.optimizer.step()
     loaded.optimizer.zero_grad(set_to_none=True)
@@ -159,6 +162,8 @@ def train_step(
         batch = collate(sequences, pad_id=loaded.eos_token_ids[0], device=loaded.device)
         tokens = int((batch["weights"] > 0).sum())
         prepared = time.perf_counter()
+        if not accumulate:  # this call may step the optimizer: copy what it changes, beside the passes
+            rollback.optimizer = _OptimizerSnapshot.take(loaded)
         rollback.stage = "forward and backward"
         output, grads = _backward(loaded, batch, loss_spec)
         loss = float(output.loss.detach())
@@ -216,6 +221,18 @@ def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(tensor, device="cpu", pin_memory=on_device).copy_(tensor, non_blocking=on_device)
 
 
+_COPY_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+"""One side stream per device for the snapshot's device-to-host copies."""
+
+
+def _copy_stream(device: torch.device) -> torch.cuda.Stream | None:
+    if device.type != "cuda":
+        return None
+    if device not in _COPY_STREAMS:
+        _COPY_STREAMS[device] = torch.cuda.Stream(device)
+    return _COPY_STREAMS[device]
+
+
 @dataclass
 class _OptimizerSnapshot:
     """The trainable weights and AdamW state in host memory, with the tensors they are copies of."""
@@ -224,20 +241,36 @@ class _OptimizerSnapshot:
     """(parameter, host copy)."""
     states: dict[torch.Tensor, dict[str, Any]]
     """parameter -> its optimizer state as it was: tensors as (the state's tensor, host copy); absent: it had none."""
+    stream: torch.cuda.Stream | None
+    """The side stream the copies run on (None on a CPU)."""
 
     @classmethod
     def take(cls, loaded: LoadedModel) -> _OptimizerSnapshot:
-        """Copy what ``optimizer.step()`` changes."""
-        optimizer_state = loaded.optimizer.state
-        states = {
-            param: {key: (value, _host_copy(value)) if isinstance(value, torch.Tensor) else value for key, value in optimizer_state[param].items()}
-            for param in loaded.trainable
-            if param in optimizer_state
-        }
-        return cls([(param, _host_copy(param.detach())) for param in loaded.trainable], states)
+        """Copy what ``optimizer.step()`` changes. On a GPU the copies run on a side stream, beside the forward
+        and backward passes that come next (they only read these tensors): the step waits for them in ``ready``."""
+        stream = _copy_stream(loaded.device)
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream(loaded.device))  # after the last step's writes
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            optimizer_state = loaded.optimizer.state
+            states = {
+                param: {key: (value, _host_copy(value)) if isinstance(value, torch.Tensor) else value for key, value in optimizer_state[param].items()}
+                for param in loaded.trainable
+                if param in optimizer_state
+            }
+            weights = [(param, _host_copy(param.detach())) for param in loaded.trainable]
+        return cls(weights, states, stream)
+
+    def ready(self, device: torch.device) -> None:
+        """Make the device's work from here on wait for the copies (before anything changes what they read)."""
+        if self.stream is not None:
+            torch.cuda.current_stream(device).wait_stream(self.stream)
 
     def put_back(self, loaded: LoadedModel) -> None:
         """Make weights and optimizer state bit-for-bit what they were when taken (into the same tensors)."""
+        self.ready(loaded.device)
+        if self.stream is not None:
+            self.stream.synchronize()  # the host copies are complete before they are read back
         with torch.no_grad():
             for param, copy in self.weights:
                 param.copy_(copy)
@@ -258,7 +291,7 @@ class _OptimizerSnapshot:
 @dataclass
 class _Rollback:
     """What a failed TrainStep puts back, as a context manager: leaving by an exception undoes the step
-    (out of memory becomes ResourceExhausted). All of it is small except ``optimizer``, taken just before AdamW runs."""
+    (out of memory becomes ResourceExhausted). All of it is small except ``optimizer``, taken when the call may step."""
 
     loaded: LoadedModel
     sync: SyncAdapter
@@ -336,11 +369,10 @@ def score_sequences(loaded: LoadedModel, sequences: list[list[int]], adapter: st
             results.append([0.0])
             continue
         input_ids = torch.tensor([ids], device=loaded.device)
-        mask = torch.ones_like(input_ids)
         if adapter == BASE_ADAPTER:
             with loaded.model.disable_adapter():
-                logprobs = sequence_logprobs(loaded.model, input_ids, mask)
+                logprobs = sequence_logprobs(loaded.model, input_ids)
         else:
-            logprobs = sequence_logprobs(loaded.model, input_ids, mask, [adapter] if adapter else None)
+            logprobs = sequence_logprobs(loaded.model, input_ids, [adapter] if adapter else None)
         results.append([0.0, *logprobs[0].tolist()])
     return results

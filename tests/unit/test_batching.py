@@ -6,7 +6,7 @@ import torch
 
 from service.runtime.engines.base import EngineRequest
 from service.runtime.specs import FinishReason, SamplingSpec
-from service.runtime.training import collate
+from service.runtime.training import collate, sequence_logprobs
 from service.runtime.validation import PreparedSequence
 
 
@@ -17,12 +17,22 @@ def test_collate_right_pads_and_shifts_per_token_arrays_onto_targets():
     ]
     batch = collate(sequences, pad_id=2, device=torch.device("cpu"))
     assert batch["input_ids"].tolist() == [[1, 5, 6], [1, 7, 2]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     # position t of the per-token arrays belongs to target input_ids[:, t + 1]
     assert batch["weights"].tolist() == [[1.0, 2.0], [1.0, 0.0]]
     assert batch["advantages"].tolist() == [[3.0, 4.0], [9.0, 0.0]]
     assert batch["sampler_logprobs"].tolist() == [[-0.5, -0.25], [0.0, 0.0]]
     assert batch["has_sampler"].tolist() == [[True], [False]]
+
+
+def test_a_right_padded_batch_scores_each_sequence_as_it_scores_alone(engine):
+    """Training forwards pass no attention mask: padding after a sequence must not change its logprobs."""
+    model = engine._model
+    long, short = [1, *range(40, 60)], [1, *range(70, 78)]
+    batch = collate([PreparedSequence(ids, [1.0] * len(ids), [0.0] * len(ids), None) for ids in (long, short)], pad_id=2, device=torch.device("cpu"))
+    with torch.no_grad():
+        together = sequence_logprobs(model, batch["input_ids"])
+        alone = sequence_logprobs(model, torch.tensor([short]))
+    assert torch.allclose(together[1, : len(short) - 1], alone[0], atol=1e-5)
 
 
 def run_to_completion(engine, requests: list[EngineRequest]) -> dict[str, list[int]]:
