@@ -37,3 +37,78 @@ def standby_released_bytes(loaded) -> int:
 def save_peft(loaded, directory: str) -> None:
     """Write the trained adapter with PEFT's save_pretrained."""
     loaded.model.save_pretrained(directory)
+
+
+def train_profile(loaded, steps: int) -> dict:
+    """Where a TrainStep's time goes in the engine's process: the full TrainStep path against a plain
+    PEFT loop (forward, cross-entropy, backward, AdamW) on the same model and batch."""
+    import time
+
+    import torch
+
+    from service.runtime import model_ops
+    from service.runtime.specs import LossSpec, OptimizerSpec
+    from service.runtime.validation import PreparedSequence
+    from tests.bench.gpu_workload import train_batch
+
+    batch = train_batch()
+    sequences = [PreparedSequence(ids, [0.0] + [1.0] * (len(ids) - 1), [0.0] * len(ids), None) for ids in batch]
+    info = {
+        "attn_implementation": loaded.model.config._attn_implementation,
+        "lora_dtype": str(loaded.trainable[0].dtype),
+        "torch_threads": torch.get_num_threads(),
+        "grad_enabled": torch.is_grad_enabled(),
+        "inference_mode": torch.is_inference_mode_enabled(),
+    }
+
+    def timed(fn) -> list[float]:
+        seconds = []
+        for _ in range(steps):
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - started)
+        return seconds
+
+    def full() -> None:
+        model_ops.train(loaded, sequences, LossSpec(), OptimizerSpec(learning_rate=0.0), False, time.perf_counter())
+
+    ids = torch.tensor(batch, device=loaded.device)
+
+    def plain() -> None:
+        loaded.model.train()
+        logits = loaded.model(input_ids=ids, use_cache=False).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        loss.backward()
+        loaded.model.eval()
+        for p in loaded.trainable:
+            p.grad = None
+
+    def forward_only() -> None:
+        with torch.no_grad():
+            loaded.model(input_ids=ids, use_cache=False)
+
+    info["full_step_s"] = timed(full)
+    info["plain_fwd_bwd_s"] = timed(plain)
+    info["forward_only_s"] = timed(forward_only)
+
+    # The same plain loop on the base loaded again by transformers (the PEFT baseline's model), in this process.
+    from service.runtime.peft_model import attach_lora, load_hf_base
+
+    own = attach_lora(load_hf_base(loaded.model_dir, loaded.spec, loaded.dtype, loaded.device), loaded.spec)
+    own_trainable = [p for p in own.parameters() if p.requires_grad]
+
+    def own_plain() -> None:
+        own.train()
+        logits = own(input_ids=ids, use_cache=False).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        loss.backward()
+        for p in own_trainable:
+            p.grad = None
+
+    info["own_model_attn"] = own.config._attn_implementation
+    info["own_model_plain_fwd_bwd_s"] = timed(own_plain)
+    del own
+    torch.cuda.empty_cache()
+    return info

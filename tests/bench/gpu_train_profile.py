@@ -1,0 +1,63 @@
+"""Where a TrainStep's time goes in vLLM's engine process (a diagnostic program, GPU only).
+
+    python tests/bench/gpu_train_profile.py [--steps N]
+
+Loads the 1.1B-shaped model on the vLLM engine (eager: no compile) through the
+controller, then runs ``tests/gpu/probes.train_profile`` in the engine's process:
+the full TrainStep path, a plain PEFT forward/backward on the same model and
+batch, a forward alone, and the plain loop on the base loaded again by
+transformers in the same process; prints the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from service.config import ServerConfig  # noqa: E402
+from service.metrics import Metrics  # noqa: E402
+from service.runtime.controller import Controller  # noqa: E402
+from service.runtime.engines import vllm_backend  # noqa: E402
+from service.runtime.specs import LoadSpec, LoraSpec  # noqa: E402
+from service.tiny_model import ensure_builtin_model  # noqa: E402
+from tests.bench.gpu_workload import LORA_ALPHA, LORA_RANK, MODEL  # noqa: E402
+from tests.gpu import probes  # noqa: E402
+
+
+async def profile(steps: int) -> dict:
+    cache = Path(tempfile.mkdtemp(prefix="tandem-train-profile-"))
+    ensure_builtin_model(MODEL, cache)
+    vllm_backend.OPTIONS = vllm_backend.VllmOptions(enforce_eager=True)
+    vllm_backend.configure_process()
+    controller = Controller(ServerConfig(cache_dir=cache, startup_model=None), Metrics(CollectorRegistry()))
+    controller.start()
+    spec = LoadSpec(model_name=MODEL, fast_inference=True, gpu_memory_utilization=0.3, lora=LoraSpec(rank=LORA_RANK, alpha=LORA_ALPHA))
+    async for _ in controller.load_model(spec):
+        pass
+    try:
+        info = await controller.host.inspect(probes.train_profile, steps)
+    finally:
+        await controller.stop()
+    for key in ("full_step_s", "plain_fwd_bwd_s", "forward_only_s", "own_model_plain_fwd_bwd_s"):
+        info[key.replace("_s", "_median_s")] = statistics.median(info[key][1:])
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6)
+    print(json.dumps(asyncio.run(profile(parser.parse_args().steps)), indent=1))
+
+
+if __name__ == "__main__":
+    main()
