@@ -109,6 +109,4 @@ def train_profile(loaded, steps: int) -> dict:
 
     info["own_model_attn"] = own.config._attn_implementation
     info["own_model_plain_fwd_bwd_s"] = timed(own_plain)
-    del own
-    torch.cuda.empty_cache()
     return info
