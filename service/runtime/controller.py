@@ -101,7 +101,7 @@ class Controller:
         self._model_listeners.append(listener)
 
     def on_adapter_change(self, listener: Callable[[int], Awaitable[None]]) -> None:
-        """Await ``listener(version)`` after every change of the trained adapter (applied TrainStep, LoadAdapter)."""
+        """Await ``listener(version)`` after every change of the trained adapter (LoadModel, applied TrainStep, LoadAdapter)."""
         self._version_listeners.append(listener)
 
     @property
@@ -216,7 +216,7 @@ class Controller:
             report(progress, clock, LoadPhase.READY, f"{spec.model_name} loaded with the {kind.value} engine")
             self._metrics.model_load_seconds.set(self._load_seconds)
             self._metrics.model_loaded.set(1)
-            await self._note_version(host.adapter_version, trained=False)
+            await self._note_version(host.adapter_version, trained=True)  # a trainer publishes the new model's adapter
             await self._notify_model_change()
             return await self._describe(host)
 
