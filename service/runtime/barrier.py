@@ -50,8 +50,7 @@ class OrderedBarrier:
         try:
             yield
         finally:
-            self._shared_holders -= 1
-            self._grant()
+            self._release(exclusive=False)
 
     @asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
@@ -60,8 +59,7 @@ class OrderedBarrier:
         try:
             yield
         finally:
-            self._exclusive_held = False
-            self._grant()
+            self._release(exclusive=True)
 
     async def _acquire(self, exclusive: bool) -> None:
         if not self._waiters and self._free_for(exclusive):
