@@ -27,7 +27,8 @@ from service.runtime.adapter_slots import AdapterSlots
 from service.runtime.checkpoints import CheckpointContents, CheckpointStore
 from service.runtime.device_loop import DeviceLoop
 from service.runtime.engines.base import EngineRequest
-from service.runtime.host import HostContext, ModelHost, choose_engine, start_host
+from service.runtime.host import ModelHost, choose_engine, start_host
+from service.runtime.host_context import HostContext
 from service.runtime.memory import device_memory
 from service.runtime.model import ProgressCallback, Stopwatch, check_load_spec, load_tokenizer, report
 from service.runtime.paths import resolve_model_dir

@@ -21,8 +21,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -30,27 +28,12 @@ import torch
 from service.errors import FailedPrecondition
 from service.runtime.adapter_slots import AdapterSlots
 from service.runtime.checkpoints import CheckpointStore
-from service.runtime.device_loop import DeviceLoop
 from service.runtime.engines.base import EngineRequest
+from service.runtime.host_context import HostContext
 from service.runtime.specs import AdapterCheckpoint, EngineKind, LoadSpec, SampleChunk
 from service.runtime.validation import ModelBounds
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class HostContext:
-    """What starting a host needs."""
-
-    spec: LoadSpec
-    model_dir: Path
-    tokenizer: object
-    device_loop: DeviceLoop
-    """The server's device loop (the local host runs on it)."""
-    report: Callable[..., None]
-    """report(phase: LoadPhase, message: str, done=0, total=0, unit="")"""
-    on_dead: Callable[[], None]
-    """Called on the event loop when the engine's process dies."""
 
 
 class ModelHost(Protocol):

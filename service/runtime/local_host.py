@@ -23,7 +23,7 @@ from service.runtime.chunks import coalesce, take_ready
 from service.runtime.device_loop import DeviceLoop, Inbox
 from service.runtime.engines import transformers_backend
 from service.runtime.engines.base import BuildContext, EngineRequest
-from service.runtime.host import HostContext
+from service.runtime.host_context import HostContext
 from service.runtime.memory import device_memory
 from service.runtime.model import LoadedModel, assemble_loaded_model
 from service.runtime.peft_model import pick_device, resolve_dtype

@@ -46,7 +46,7 @@ from service.runtime.checkpoints import CheckpointStore
 from service.runtime.engines.base import EngineRequest
 from service.runtime.engines import vllm_backend
 from service.runtime.engines.worker_calls import TRAINED_LORA_ID, decode_reply, encode_build, encode_call
-from service.runtime.host import HostContext
+from service.runtime.host_context import HostContext
 from service.runtime.specs import (
     BASE_ADAPTER,
     AdapterCheckpoint,
