@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import itertools
 import json
 import os
@@ -58,10 +59,13 @@ from tests.bench.gpu_workload import (  # noqa: E402
 MODES = ("text", "ids")
 """``text``: vLLM detokenizes, as it returns text by default; ``ids``: ``detokenize=False``."""
 LORA_ID = 1
+BASELINE_OPTIONS = dataclasses.replace(vllm_backend.OPTIONS, torch_compile=True)
+"""The vLLM baselines' engine settings: Tandem's, with vLLM's default compilation."""
 
 
 def baseline_engine_kwargs(model_dir: Path) -> dict[str, Any]:
-    """Tandem's engine arguments for the benchmark's LoadSpec, without Tandem's worker extension, and with
+    """Tandem's engine arguments for the benchmark's LoadSpec, without Tandem's worker extension, with
+    vLLM's default compilation (torch.compile; Tandem's engine skips it to start faster) and with
     ``max_num_batched_tokens`` pinned to what Tandem's engine resolves it to.
 
     vLLM picks that default by entry point: ``AsyncLLM.from_engine_args`` (Tandem's, usage context
@@ -71,7 +75,7 @@ def baseline_engine_kwargs(model_dir: Path) -> dict[str, Any]:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.usage.usage_lib import UsageContext
 
-    kwargs = vllm_backend.engine_kwargs(load_spec(), model_dir, vllm_backend.OPTIONS)
+    kwargs = vllm_backend.engine_kwargs(load_spec(), model_dir, BASELINE_OPTIONS)
     del kwargs["worker_extension_cls"]
     tandem = AsyncEngineArgs(**kwargs).create_engine_config(UsageContext.ENGINE_CONTEXT)
     kwargs["max_num_batched_tokens"] = tandem.scheduler_config.max_num_batched_tokens

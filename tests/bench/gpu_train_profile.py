@@ -5,8 +5,9 @@
 Loads the 1.1B-shaped model on the vLLM engine (eager: no compile) through the
 controller, then runs ``tests/gpu/probes.train_profile`` in the engine's process:
 the full TrainStep path, a plain PEFT forward/backward on the same model and
-batch, a forward alone, and the plain loop on the base loaded again by
-transformers in the same process; prints the figures as JSON.
+batch, a forward alone, and the same on the base loaded again by transformers
+in the same process, then a torch.profiler table of each; prints it as JSON
+(``--json FILE`` writes it there too).
 """
 
 from __future__ import annotations
@@ -48,15 +49,20 @@ async def profile(steps: int) -> dict:
         info = await controller.host.inspect(probes.train_profile, steps)
     finally:
         await controller.stop()
-    for key in ("full_step_s", "plain_fwd_bwd_s", "forward_only_s", "own_model_plain_fwd_bwd_s"):
-        info[key.replace("_s", "_median_s")] = statistics.median(info[key][1:])
+    for key in ("full_step_s", "plain_fwd_bwd_s", "forward_only_s", "own_model_plain_fwd_bwd_s", "own_model_forward_only_s"):
+        info[key.removesuffix("_s") + "_median_s"] = statistics.median(info[key][1:])
     return info
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
-    print(json.dumps(asyncio.run(profile(parser.parse_args().steps)), indent=1))
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+    text = json.dumps(asyncio.run(profile(args.steps)), indent=1)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text)
 
 
 if __name__ == "__main__":

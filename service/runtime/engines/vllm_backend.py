@@ -31,7 +31,12 @@ class VllmOptions:
     max_num_seqs: int = 256
     """Most sequences decoded in one engine step."""
     enforce_eager: bool = False
-    """Skip torch.compile and CUDA graphs (faster start, slower decoding): for tests."""
+    """Skip CUDA graphs as well (faster start, slower decoding): for tests."""
+    torch_compile: bool = False
+    """On: vLLM's default compilation (torch.compile, piecewise and full CUDA graphs), as the benchmark's
+    vLLM baselines run. Off (Tandem): the model runs vLLM's own fused CUDA ops eagerly and each decode
+    batch replays one full CUDA graph (``FULL_DECODE_ONLY``); prefill runs eagerly. Compiling took 38.5 s
+    of a cold LoadModel and 7.4 s of a warm one on the H200 (BENCHMARKS.md)."""
     cuda_graph_batch_sizes: tuple[int, ...] = CUDA_GRAPH_BATCH_SIZES
     max_num_batched_tokens: int = 16384
     """Tokens one engine step may schedule (prefill chunk size). vLLM's default is 2048 for an engine started
@@ -73,9 +78,22 @@ def engine_kwargs(spec: LoadSpec, model_dir: Path, options: VllmOptions) -> dict
         max_num_seqs=options.max_num_seqs,
         max_num_batched_tokens=max(options.max_num_batched_tokens, spec.max_seq_length),
         enforce_eager=options.enforce_eager,
-        compilation_config={"cudagraph_capture_sizes": sizes},
+        compilation_config=compilation_config(sizes, options.torch_compile),
         worker_extension_cls=WORKER_EXTENSION,
     )
+
+
+def compilation_config(capture_sizes: list[int], torch_compile: bool) -> dict:
+    """vLLM's ``compilation_config``: the decode graph sizes; without torch.compile, full decode graphs.
+
+    With ``torch_compile`` the rest is vLLM's default. Without it, one graph per size serves
+    requests with and without a LoRA (``cudagraph_specialize_lora`` off): Tandem's samples nearly
+    always carry the trained adapter, and graphs specialised by LoRA count multiply capture time.
+    """
+    config: dict = {"cudagraph_capture_sizes": capture_sizes}
+    if not torch_compile:
+        config.update(mode="NONE", cudagraph_mode="FULL_DECODE_ONLY", cudagraph_specialize_lora=False)
+    return config
 
 
 def engine_lora_rank(max_lora_rank: int) -> int:
