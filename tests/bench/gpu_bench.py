@@ -1,6 +1,7 @@
 """GPU benchmark: Tandem through gRPC against vLLM alone, in one program on one GPU.
 
-    python tests/bench/gpu_bench.py [--quick] [--out tests/bench/results] [--cache-dir DIR] [--logs DIR] [--budget 540]
+    python tests/bench/gpu_bench.py [--part all|load|generate] [--work DIR] [--quick] [--out tests/bench/results]
+                                    [--cache-dir DIR] [--logs DIR] [--budget 540]
 
 Workload (gpu_workload.py): the built-in 1.1B-shaped model in NF4 with a
 rank-64 LoRA, gpu_memory_utilization 0.3 for every engine; Generate is 256
@@ -23,6 +24,11 @@ prompts x 128 token ids in, 256 out, ignore_eos, temperature 1; TrainStep is
    Tandem run, ... Tandem's runs cycle through 256 concurrent Generate RPCs with
    text, the same with token_ids_only, and one RPC of 256 prompts; the
    baseline's alternate between detokenize on and off, 5 runs of each (--quick: 2).
+
+``--part load`` runs phases 1-4 (the server of phase 4 only loads, then stops);
+``--part generate`` runs a server for phase 5 (``tandem_serving``) and phase 5;
+each fits one 10-minute call, and the second, given the same ``--work``, merges
+its figures into the same record and finds the compile cache warm.
 
 Ratios are medians against medians: Tandem's over all its runs, each baseline's
 over its own, divided by the fastest baseline's (text, or detokenize off for
@@ -65,7 +71,7 @@ import grpc  # noqa: E402
 from tandem.v1 import tandem_pb2 as pb  # noqa: E402
 from tandem.v1 import tandem_pb2_grpc  # noqa: E402
 
-from service.runtime.engines.vllm_backend import OPTIONS, engine_lora_rank  # noqa: E402
+from service.runtime.engines.vllm_backend import OPTIONS, compilation_config, engine_lora_rank  # noqa: E402
 from service.tiny_model import ensure_builtin_model  # noqa: E402
 from tests.bench.gpu_workload import (  # noqa: E402
     GPU_MEMORY_UTILIZATION,
@@ -84,6 +90,7 @@ from tests.bench.gpu_workload import (  # noqa: E402
     prompt_ids,
     train_batch,
 )
+from tests.bench.gpu_baselines import BASELINE_OPTIONS  # noqa: E402
 from tests.support.server import ServerProcess, start_server  # noqa: E402
 
 GIB = 2**30
@@ -162,10 +169,12 @@ class Clock:
 class Record:
     """The JSON record and its plot; ``save`` recomputes the figures, so a record cut short still has what was measured."""
 
-    def __init__(self, path: Path, data: dict, title: str) -> None:
+    def __init__(self, path: Path, data: dict, title: str, part: str) -> None:
         self.path = path
         self.data = data
         self.title = title
+        self.phases: dict = data["parts"][part].setdefault("phases", {})
+        """This part's phases: their start, time and status."""
 
     @property
     def plot_path(self) -> Path:
@@ -186,7 +195,7 @@ class Record:
     def phase(self, name: str, clock: Clock) -> Iterator[dict]:
         """Run one phase: its time and status (an error is recorded, and the program goes on), then save."""
         clock.log(f"phase {name} ...")
-        entry = self.data["phases"][name] = {"started_at_s": round(clock.elapsed(), 1), "status": "running"}
+        entry = self.phases[name] = {"started_at_s": round(clock.elapsed(), 1), "status": "running"}
         started = time.monotonic()
         try:
             yield entry
@@ -301,14 +310,47 @@ def command_line(pid: int) -> bytes:
 
 
 def load_model(server: ServerProcess, timeout: float) -> dict:
-    """LoadModel with the benchmark's request: wall seconds, the server's own figure, GetModel's memory."""
+    """LoadModel with the benchmark's request: wall seconds, the server's own figure, each progress event's
+    time, vLLM's own start-up timings from the server's log, and GetModel's memory."""
     with grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
         stub = tandem_pb2_grpc.TandemServiceStub(channel)
         started = time.perf_counter()
         events = list(stub.LoadModel(load_request(), timeout=timeout))
         seconds = time.perf_counter() - started
     info = events[-1].model
-    return {"seconds": seconds, "server_seconds": info.load_seconds, "engine": pb.EngineKind.Name(info.engine), "memory": model_memory(server)}
+    progress = [
+        {"phase": pb.LoadPhase.Name(e.progress.phase), "message": e.progress.message[:120], "elapsed_s": round(e.progress.elapsed_seconds, 2)}
+        for e in events
+        if e.HasField("progress")
+    ]
+    return {
+        "seconds": seconds,
+        "server_seconds": info.load_seconds,
+        "engine": pb.EngineKind.Name(info.engine),
+        "progress": progress,
+        "engine_log": engine_log_timings(server.log_path.read_text(errors="replace")),
+        "memory": model_memory(server),
+    }
+
+
+ENGINE_LOG_TIMINGS = {
+    "model_loading_s": re.compile(r"Model loading took [\d.]+ GiB(?: memory)? and ([\d.]+) seconds"),
+    "graph_capture_s": re.compile(r"Graph capturing finished in ([\d.]+) secs"),
+    "init_engine_s": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s"),
+    "compilation_s": re.compile(r"init engine .* took [\d.]+ s(?:econds)? \(compilation: ([\d.]+) s"),
+    "memory_profiling_s": re.compile(r"Memory profiling takes ([\d.]+) seconds"),
+}
+"""vLLM's own start-up timings, read from the last engine start in a server's log."""
+
+
+def engine_log_timings(log: str) -> dict[str, float]:
+    """The last value of each ENGINE_LOG_TIMINGS line in ``log``."""
+    found = {}
+    for name, pattern in ENGINE_LOG_TIMINGS.items():
+        values = pattern.findall(log)
+        if values:
+            found[name] = float(values[-1])
+    return found
 
 
 def model_memory(server: ServerProcess) -> dict:
@@ -477,6 +519,8 @@ class Bench:
     idle_mib: int
     runs: int
     steps: int
+    part: str
+    """Which part of the program runs: ``all``, ``load`` or ``generate`` (see PARTS)."""
     server: ServerProcess | None = None
     alive: BaselineProcess | None = None
     """The baseline started by ``vllm_alone``, until its interleaved phase takes it."""
@@ -510,7 +554,18 @@ class Bench:
         self.clock.log(f"vLLM alone ({BASELINES[0].name}): GPU {self.alive.gpu['mib']} MiB ({self.alive.gpu['method']})")
 
     def tandem_warm(self, entry: dict) -> None:
-        """A second server on the same compile cache: warm LoadModel, then a warm-up run of each kind."""
+        """A second server on the same compile cache: warm LoadModel (``tandem_warm``); it stays up to generate
+        (part ``all``) or stops (part ``load``)."""
+        self.start_serving("tandem_warm", entry, warm_up=self.part == "all")
+        if self.part == "load":
+            self.stop_serving()
+
+    def tandem_serving(self, entry: dict) -> None:
+        """Part ``generate``: a server for the interleaved phases, its LoadModel recorded as ``tandem_serving``."""
+        self.start_serving("tandem_serving", entry, warm_up=True)
+
+    def start_serving(self, key: str, entry: dict, warm_up: bool) -> None:
+        """Start a server and load the model (recorded under ``key``); then one full-size warm-up run of each kind."""
         before = device_used_mib()
         server = start_tandem(self.cache_dir, self.logs, self.env)
         try:
@@ -521,13 +576,21 @@ class Bench:
         self.server = server
         load["gpu"] = tree_memory(server.process.pid, before)
         entry.update(load_seconds=load["seconds"])
-        self.record.data["tandem_warm"] = load
-        self.clock.log(f"LoadModel warm {load['seconds']:.1f} s")
+        self.record.data[key] = load
+        self.clock.log(f"LoadModel ({key}) {load['seconds']:.1f} s; vLLM: {load['engine_log']}")
         self.record.save()
-        for mode in TANDEM_MODES:
+        for mode in TANDEM_MODES if warm_up else ():
             warmup = {**tandem_generate(self.server, mode), "at_s": round(self.clock.elapsed(), 1)}
             self.record.data["tandem"]["warmup"].append(warmup)
             self.clock.log(f"Tandem warm-up {mode}: {warmup['tokens_per_second']:,.0f} tok/s")
+
+    def stop_serving(self) -> None:
+        """Stop the server started by ``start_serving`` and wait for its GPU memory."""
+        if self.server is not None:
+            used = device_used_mib()
+            stop_tandem(self.server, self.clock)
+            self.server = None
+            wait_gpu_released(used, used - self.idle_mib, self.clock)
 
     def start_baseline(self, baseline: Baseline, entry: dict) -> BaselineProcess:
         """Start a baseline engine (never while another engine starts), wait for it, note its GPU memory."""
@@ -832,6 +895,7 @@ def commit() -> str | None:
 def settings(args: argparse.Namespace, runs: int, steps: int) -> dict:
     """What was measured, and how."""
     spec = load_spec()
+    sizes = [s for s in OPTIONS.cuda_graph_batch_sizes if s <= OPTIONS.max_num_seqs]
     return {
         "model": MODEL,
         "load_in_4bit": spec.load_in_4bit,
@@ -841,7 +905,9 @@ def settings(args: argparse.Namespace, runs: int, steps: int) -> dict:
         "engine_max_lora_rank": engine_lora_rank(spec.max_lora_rank),
         "gpu_memory_utilization": GPU_MEMORY_UTILIZATION,
         "max_num_seqs": OPTIONS.max_num_seqs,
-        "cudagraph_capture_sizes": [s for s in OPTIONS.cuda_graph_batch_sizes if s <= OPTIONS.max_num_seqs],
+        "cudagraph_capture_sizes": sizes,
+        "tandem_compilation_config": compilation_config(sizes, OPTIONS.torch_compile),
+        "baseline_compilation_config": compilation_config(sizes, BASELINE_OPTIONS.torch_compile),
         "prompts": PROMPTS,
         "prompt_tokens": PROMPT_TOKENS,
         "new_tokens": NEW_TOKENS,
@@ -864,62 +930,95 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=None, help="where the 1.1B model is made or found (default: a new temporary directory)")
     parser.add_argument("--logs", type=Path, default=None, help="server and baseline logs (default: a new temporary directory)")
     parser.add_argument("--budget", type=float, default=540.0, help="seconds the whole program may take (default 540)")
+    parser.add_argument("--part", choices=sorted(PARTS), default="all", help="every phase, or the LoadModel/TrainStep/memory phases, or the Generate phases (see PARTS)")
+    parser.add_argument("--work", type=Path, default=None, help="model, adapter, compile cache and logs; kept for the next part (default: a new temporary directory)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Every phase in order (a failed phase is recorded and the rest still run), then the table; the exit status."""
+    """The part's phases in order (a failed phase is recorded and the rest still run), then the table; the exit status."""
     args = parse_args(argv)
     clock = Clock(args.budget)
     runs, steps = (QUICK_RUNS, QUICK_TRAIN_STEPS) if args.quick else (RUNS, TRAIN_STEPS)
-    work = Path(tempfile.mkdtemp(prefix="tandem-gpu-bench-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="tandem-gpu-bench-"))
     logs = args.logs or work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     cache_dir = args.cache_dir or work / "cache"
     name, driver, total_mib = nvidia_smi("name,driver_version,memory.total")[0]
     date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     stem = f"{date}-gpu-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}" + ("-quick" if args.quick else "")
-    record = Record(
-        args.out / f"{stem}.json",
-        {
-            "date": date,
-            "gpu": name,
-            "gpu_driver": driver,
-            "gpu_total_mib": int(total_mib),
-            "command": "python tests/bench/gpu_bench.py" + (" --quick" if args.quick else ""),
-            "commit": commit(),
-            "versions": versions(),
-            "settings": settings(args, runs, steps),
-            "phases": {},
-            "tandem": {"warmup": [], "runs": []},
-            "baselines": {b.name: {"label": b.label, "warmup": [], "runs": []} for b in BASELINES},
-        },
-        title=f"Tandem vs vLLM alone: {MODEL}, NF4, {name}",
-    )
+    command = "python tests/bench/gpu_bench.py" + (" --quick" if args.quick else "") + ("" if args.part == "all" else f" --part {args.part}")
+    fresh = {
+        "date": date,
+        "gpu": name,
+        "gpu_driver": driver,
+        "gpu_total_mib": int(total_mib),
+        "command": command,
+        "commit": commit(),
+        "versions": versions(),
+        "settings": settings(args, runs, steps),
+        "parts": {},
+        "tandem": {"warmup": [], "runs": []},
+        "baselines": {b.name: {"label": b.label, "warmup": [], "runs": []} for b in BASELINES},
+    }
+    path = args.out / f"{stem}.json"
+    data = merge_part(json.loads(path.read_text()), fresh, args.part) if args.part != "all" and path.exists() else fresh
+    data["parts"][args.part] = {"command": command, "commit": fresh["commit"], "date": date}
+    record = Record(path, data, f"Tandem vs vLLM alone: {MODEL}, NF4, {name}", args.part)
     idle_mib = device_used_mib()
     record.data["idle_gpu_mib"] = idle_mib
-    clock.log(f"{name}, {int(total_mib):,} MiB, {idle_mib} MiB in use; logs in {logs}")
+    clock.log(f"{name}, {int(total_mib):,} MiB, {idle_mib} MiB in use; part {args.part}; work in {work}")
     with record.phase("setup", clock):
         ensure_builtin_model(MODEL, cache_dir)
-    bench = Bench(clock, record, cache_dir, work / "adapter", logs, child_environment(work / "compile-cache"), idle_mib, runs, steps)
+    bench = Bench(clock, record, cache_dir, work / "adapter", logs, child_environment(work / "compile-cache"), idle_mib, runs, steps, args.part)
     try:
-        with record.phase("peft", clock):
-            record.data["peft"] = run_peft(cache_dir, bench.adapter_dir, logs, bench.env, steps, timeout=max(60.0, clock.left() - RESERVE_SECONDS))
-            clock.log(f"PEFT loop {record.data['peft']['tokens_per_second_median']:,.0f} tok/s")
-        for phase in ("tandem_cold", "vllm_alone", "tandem_warm"):
+        with record.phase("peft", clock) as entry:
+            if args.part == "generate" and (bench.adapter_dir / "adapter_config.json").exists():
+                entry["status"] = "skipped: the baselines' adapter is there from part load"
+            else:  # part generate needs only the baselines' adapter: one step
+                peft_steps = 1 if args.part == "generate" else steps
+                peft = run_peft(cache_dir, bench.adapter_dir, logs, bench.env, peft_steps, timeout=max(60.0, clock.left() - RESERVE_SECONDS))
+                if args.part != "generate":
+                    record.data["peft"] = peft
+                    clock.log(f"PEFT loop {peft['tokens_per_second_median']:,.0f} tok/s")
+        for phase in PARTS[args.part]:
             with record.phase(phase, clock) as entry:
                 getattr(bench, phase)(entry)
-        tandem_modes = itertools.cycle(TANDEM_MODES)
-        for index, baseline in enumerate(BASELINES):
-            with record.phase(f"interleave_{baseline.name}", clock) as entry:
-                bench.interleave(baseline, len(BASELINES) - index - 1, tandem_modes, entry)
+        if args.part != "load":
+            tandem_modes = itertools.cycle(TANDEM_MODES)
+            for index, baseline in enumerate(BASELINES):
+                with record.phase(f"interleave_{baseline.name}", clock) as entry:
+                    bench.interleave(baseline, len(BASELINES) - index - 1, tandem_modes, entry)
     finally:
         bench.close()
-        record.data["total_seconds"] = round(clock.elapsed(), 1)
+        record.data["parts"][args.part]["total_seconds"] = round(clock.elapsed(), 1)
         record.save(with_plot=True)
     print_table(record.data)
     clock.log(f"wrote {record.path} and {record.plot_path}")
     return 0
+
+
+PARTS = {
+    "all": ("tandem_cold", "vllm_alone", "tandem_warm"),
+    "load": ("tandem_cold", "vllm_alone", "tandem_warm"),
+    "generate": ("tandem_serving",),
+}
+"""The phases before the interleaved ones, by part (``load`` has none of those; every part starts with
+``setup`` and ``peft``). The parts fit one 10-minute call each; run ``load`` then ``generate`` with the same
+``--work`` directory, and the second also finds the compile cache warm."""
+PART_KEYS = {"load": ("peft", "tandem_cold", "vllm_alone", "tandem_warm"), "generate": ("tandem", "baselines", "tandem_serving")}
+"""What each part measures in the record; the other part's are kept when a part runs again into the same record."""
+
+
+def merge_part(existing: dict, fresh: dict, part: str) -> dict:
+    """``fresh`` with what the other part measured carried over from the ``existing`` record (same GPU and day)."""
+    merged = dict(fresh)
+    other = next(name for name in PART_KEYS if name != part)
+    for key in PART_KEYS[other]:
+        if key in existing:
+            merged[key] = existing[key]
+    merged["parts"] = {name: value for name, value in existing.get("parts", {}).items() if name == other}
+    return merged
 
 
 if __name__ == "__main__":

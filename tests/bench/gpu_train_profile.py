@@ -1,6 +1,6 @@
 """Where a TrainStep's time goes in vLLM's engine process (a diagnostic program, GPU only).
 
-    python tests/bench/gpu_train_profile.py [--steps N]
+    python tests/bench/gpu_train_profile.py [--steps N] [--json FILE] [--cache-dir DIR]
 
 Loads the 1.1B-shaped model on the vLLM engine (eager: no compile) through the
 controller, then runs ``tests/gpu/probes.train_profile`` in the engine's process:
@@ -35,8 +35,8 @@ from tests.bench.gpu_workload import LORA_ALPHA, LORA_RANK, MODEL  # noqa: E402
 from tests.gpu import probes  # noqa: E402
 
 
-async def profile(steps: int) -> dict:
-    cache = Path(tempfile.mkdtemp(prefix="tandem-train-profile-"))
+async def profile(steps: int, cache: Path | None) -> dict:
+    cache = cache or Path(tempfile.mkdtemp(prefix="tandem-train-profile-"))
     ensure_builtin_model(MODEL, cache)
     vllm_backend.OPTIONS = vllm_backend.VllmOptions(enforce_eager=True)
     vllm_backend.configure_process()
@@ -58,8 +58,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="where the 1.1B model is made or found (default: a new temporary directory)")
     args = parser.parse_args()
-    text = json.dumps(asyncio.run(profile(args.steps)), indent=1)
+    text = json.dumps(asyncio.run(profile(args.steps, args.cache_dir)), indent=1)
     print(text)
     if args.json is not None:
         args.json.write_text(text)
