@@ -62,17 +62,15 @@ class _CallOutcome:
         self._started = time.perf_counter()
         self.code = "OK"
 
-    async def fail(self, error: Exception) -> None:
-        """Abort the call with the status for ``error`` (raises grpc's abort exception)."""
+    def failed(self, error: Exception) -> str:
+        """Note the status for ``error``; the message to send with it."""
         if isinstance(error, TandemError):
             self.code = status_name_for(error)
-            message = str(error)
-        else:
-            incident = uuid.uuid4().hex[:12]
-            log.error("unexpected error in %s (incident %s)", self._rpc, incident, exc_info=error)
-            self.code = "INTERNAL"
-            message = f"internal error (incident {incident}); the server log has the details"
-        await self._context.abort(grpc.StatusCode[self.code], message)
+            return str(error)
+        incident = uuid.uuid4().hex[:12]
+        log.error("unexpected error in %s (incident %s)", self._rpc, incident, exc_info=error)
+        self.code = "INTERNAL"
+        return f"internal error (incident {incident}); the server log has the details"
 
     def cancelled(self) -> None:
         """The client went away or its deadline passed."""
@@ -88,15 +86,16 @@ class _CallOutcome:
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> bool:
-        """Record how the call ended; an exception becomes its status (``fail`` raises the abort)."""
-        try:
-            if isinstance(error, asyncio.CancelledError):
-                self.cancelled()
-            elif isinstance(error, Exception):
-                await self.fail(error)
-            return False
-        finally:
+        """Count the call, then end it: an exception becomes its status (the abort raises). Counting comes
+        first, so a client that has its status finds the call in the metrics."""
+        if isinstance(error, asyncio.CancelledError):
+            self.cancelled()
+        elif isinstance(error, Exception):
+            message = self.failed(error)
             self.finish()
+            await self._context.abort(grpc.StatusCode[self.code], message)
+        self.finish()
+        return False
 
 
 def _request_decoder(rpc: str, deserializer: Decoder) -> Decoder:
