@@ -301,6 +301,15 @@ def stop_tandem(server: ServerProcess, clock: Clock) -> None:
                 clock.log(f"killed the server's leftover process {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used so far, all its threads (0 once it has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def command_line(pid: int) -> bytes:
     """A process's command line (empty once it has gone)."""
     try:
@@ -408,8 +417,20 @@ async def _generate(address: str, mode: str) -> dict:
 
 
 def tandem_generate(server: ServerProcess, mode: str) -> dict:
-    """One full-size Generate run of ``mode`` (TANDEM_MODES) through gRPC, timed on this side."""
+    """One full-size Generate run of ``mode`` (TANDEM_MODES) through gRPC, timed on this side, with how busy
+    each process's CPU was meanwhile (1.0: one core all the time): a front process near 1.0 limits the rate."""
+    front = server.process.pid
+    pids = process_tree(front)
+    before = {pid: cpu_seconds(pid) for pid in pids}
+    client_before = time.process_time()
     result = asyncio.run(_generate(server.address, mode))
+    client_cpu = time.process_time() - client_before
+    used = {pid: cpu_seconds(pid) - before[pid] for pid in pids}
+    result["cpu_busy"] = {
+        "server_front": round(used[front] / result["seconds"], 2),
+        "engine_processes": round(sum(v for pid, v in used.items() if pid != front) / result["seconds"], 2),
+        "bench_client": round(client_cpu / result["seconds"], 2),
+    }
     check_tokens("Tandem", result)
     if (mode == "ids") != (result["text_chars"] == 0):  # recorded, not fatal: the timing still stands
         result["wrong_text"] = f"{result['text_chars']} characters of text came back"
@@ -641,7 +662,7 @@ class Bench:
                 other = {**process.run(baseline_mode), "at_s": round(self.clock.elapsed(), 1)}
                 side["runs"].append(other)
                 self.clock.log(
-                    f"  Tandem {tandem_mode:7} {tandem['tokens_per_second']:8,.0f} tok/s | "
+                    f"  Tandem {tandem_mode:7} {tandem['tokens_per_second']:8,.0f} tok/s (CPU {tandem['cpu_busy']}) | "
                     f"{baseline.name} {baseline_mode:4} {other['tokens_per_second']:8,.0f} tok/s"
                 )
                 self.record.save()
