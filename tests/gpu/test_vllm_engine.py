@@ -5,7 +5,8 @@ the engine core and the trainer in vLLM's child process, on the 1.1B-shaped
 random model in 4 bits with a rank-64 LoRA. Reads of the trainer go to the
 engine's process (``probes.py``). Figures the test record quotes are printed
 (run with ``-rP`` to see them). The engine-death test runs last: it kills the
-engine's process and loads the model again.
+engine's process and loads the model again, with CUDA graphs as the service
+runs, and the last test samples through those graphs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 
 from service.errors import Unavailable
 from service.runtime.controller import Controller
+from service.runtime.engines import vllm_backend
 from service.runtime.host import vllm_available
 
 if not vllm_available():
@@ -252,6 +254,26 @@ async def test_zz_a_killed_engine_process_is_seen_at_once_and_load_model_starts_
     assert not controller.loaded, "readiness must drop once the engine's process is gone"
     with pytest.raises(Unavailable):
         await generate(controller, [PROMPT], greedy(4))
-    await load(controller, spec)
+    with pytest.MonkeyPatch.context() as patch:  # the new engine runs as the service's does: full decode CUDA graphs
+        patch.setattr(vllm_backend, "OPTIONS", vllm_backend.VllmOptions(max_num_seqs=64))
+        started = time.monotonic()
+        await load(controller, spec)
+        print(f"LoadModel with CUDA graphs (no torch.compile) took {time.monotonic() - started:.1f} s")
     assert controller.loaded
     assert len(tokens_of(await generate(controller, [PROMPT], greedy(8)))) == 8
+
+
+async def test_zzz_in_cuda_graph_decoding_the_engine_samples_the_adapter_the_trainer_just_made(controller: Controller) -> None:
+    """Runs on the engine the test before started with CUDA graphs: decode steps replay captured graphs,
+    which read the LoRA buffers the sync writes in place."""
+    first = await generate(controller, [PROMPT], greedy(32))
+    ids = [*PROMPT, *tokens_of(first)]
+    await train_on(controller, ids, learning_rate=1e-2, steps=2)
+    after = await generate(controller, [PROMPT], greedy(32))
+    sampled = [*PROMPT, *tokens_of(after)]
+    trainer = (await controller.compute_logprobs([sampled], ""))[0][0][-32:]
+    gap = max(abs(a - b) for a, b in zip(logprobs_of(after), trainer))
+    moved = sum(abs(a - b) for a, b in zip(logprobs_of(after), logprobs_of(first))) / 32
+    print(f"graphed decode: max |engine - trainer| {gap:.4f}, mean |after - before| {moved:.4f} nats")
+    assert gap < LOGPROB_TOLERANCE
+    assert moved > max(5 * gap, 0.05), "the graphed decode did not follow the new adapter"
