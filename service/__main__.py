@@ -18,6 +18,7 @@ MODEL_ENV = "TANDEM_MODEL"
 ROLE_ENV = "TANDEM_ROLE"
 ADAPTER_STORE_ENV = "TANDEM_ADAPTER_STORE"
 TRAINER_ADDRESS_ENV = "TANDEM_TRAINER_ADDRESS"
+ENGINE_COMPILE_ENV = "TANDEM_ENGINE_COMPILE"
 
 
 def _flag(name: str) -> str:
@@ -134,6 +135,13 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         default=None,
         help="CPU threads torch uses per operation (default: one per core); 1 avoids stalls where other processes share the cores",
     )
+    parser.add_argument(
+        "--engine-compile",
+        choices=["on", "off"],
+        default=os.environ.get(ENGINE_COMPILE_ENV) or "on",
+        help="vLLM engine: torch.compile the model (on: faster generation; off: LoadModel about 50 s sooner on a cold "
+        f"start, 20 s on a warm one, measured on an H200; BENCHMARKS.md) (default ${ENGINE_COMPILE_ENV} when set, else on)",
+    )
     _add_limit_flags(parser)
     _add_security_flags(parser)
     _add_scale_out_flags(parser, defaults)
@@ -165,6 +173,7 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         trainer_address=args.trainer_address,
         max_adapter_wait_seconds=args.max_adapter_wait_seconds,
         torch_threads=args.torch_threads,
+        engine_compile=args.engine_compile == "on",
     )
 
 
@@ -173,8 +182,9 @@ def main() -> None:
     from service.runtime.engines.vllm_backend import configure_process
     from service.server import serve  # after logging is configured; imports torch
 
-    configure_process()
-    asyncio.run(serve(parse_config()))
+    config = parse_config()
+    configure_process(torch_compile=config.engine_compile)
+    asyncio.run(serve(config))
 
 
 if __name__ == "__main__":

@@ -98,6 +98,9 @@ class ServerConfig:
     torch_threads: int | None = None
     """CPU threads torch uses inside one operation; None = torch's default (one per core). On CPUs shared
     with other busy processes, fewer threads avoid OpenMP stalls (see BENCHMARKS.md, Soak)."""
+    engine_compile: bool = True
+    """The vLLM engine compiles its model with torch.compile (``--engine-compile``): faster generation,
+    slower first start; see ``VllmOptions.torch_compile``."""
 
     @property
     def resolved_checkpoint_root(self) -> Path:

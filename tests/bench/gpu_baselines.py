@@ -59,13 +59,13 @@ from tests.bench.gpu_workload import (  # noqa: E402
 MODES = ("text", "ids")
 """``text``: vLLM detokenizes, as it returns text by default; ``ids``: ``detokenize=False``."""
 LORA_ID = 1
-BASELINE_OPTIONS = dataclasses.replace(vllm_backend.OPTIONS, torch_compile=True)
-"""The vLLM baselines' engine settings: Tandem's, with vLLM's default compilation."""
+BASELINE_OPTIONS = dataclasses.replace(vllm_backend.VllmOptions(), torch_compile=True, specialize_lora_graphs=True)
+"""The vLLM baselines' engine settings: Tandem's, with vLLM's default compilation and CUDA graphs."""
 
 
 def baseline_engine_kwargs(model_dir: Path) -> dict[str, Any]:
     """Tandem's engine arguments for the benchmark's LoadSpec, without Tandem's worker extension, with
-    vLLM's default compilation (torch.compile; Tandem's engine skips it to start faster) and with
+    vLLM's default compilation and CUDA graphs (Tandem's may differ: ``--engine-compile``) and with
     ``max_num_batched_tokens`` pinned to what Tandem's engine resolves it to.
 
     vLLM picks that default by entry point: ``AsyncLLM.from_engine_args`` (Tandem's, usage context

@@ -1,6 +1,6 @@
 """GPU benchmark: Tandem through gRPC against vLLM alone, in one program on one GPU.
 
-    python tests/bench/gpu_bench.py [--part all|load|generate] [--work DIR] [--quick] [--out tests/bench/results]
+    python tests/bench/gpu_bench.py [--part all|load|generate] [--work DIR] [--engine-compile on|off] [--quick] [--out tests/bench/results]
                                     [--cache-dir DIR] [--logs DIR] [--budget 540]
 
 Workload (gpu_workload.py): the built-in 1.1B-shaped model in NF4 with a
@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import importlib.metadata
 import itertools
@@ -927,8 +928,9 @@ def settings(args: argparse.Namespace, runs: int, steps: int) -> dict:
         "gpu_memory_utilization": GPU_MEMORY_UTILIZATION,
         "max_num_seqs": OPTIONS.max_num_seqs,
         "cudagraph_capture_sizes": sizes,
-        "tandem_compilation_config": compilation_config(sizes, OPTIONS.torch_compile),
-        "baseline_compilation_config": compilation_config(sizes, BASELINE_OPTIONS.torch_compile),
+        "tandem_engine_compile": args.engine_compile,
+        "tandem_compilation_config": compilation_config(sizes, dataclasses.replace(OPTIONS, torch_compile=args.engine_compile == "on")),
+        "baseline_compilation_config": compilation_config(sizes, BASELINE_OPTIONS),
         "prompts": PROMPTS,
         "prompt_tokens": PROMPT_TOKENS,
         "new_tokens": NEW_TOKENS,
@@ -951,6 +953,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=None, help="where the 1.1B model is made or found (default: a new temporary directory)")
     parser.add_argument("--logs", type=Path, default=None, help="server and baseline logs (default: a new temporary directory)")
     parser.add_argument("--budget", type=float, default=540.0, help="seconds the whole program may take (default 540)")
+    parser.add_argument("--engine-compile", choices=["on", "off"], default="on", help="the server's --engine-compile (default on)")
     parser.add_argument("--part", choices=sorted(PARTS), default="all", help="every phase, or the LoadModel/TrainStep/memory phases, or the Generate phases (see PARTS)")
     parser.add_argument("--work", type=Path, default=None, help="model, adapter, compile cache and logs; kept for the next part (default: a new temporary directory)")
     return parser.parse_args(argv)
@@ -969,6 +972,7 @@ def main(argv: list[str] | None = None) -> int:
     date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     stem = f"{date}-gpu-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}" + ("-quick" if args.quick else "")
     command = "python tests/bench/gpu_bench.py" + (" --quick" if args.quick else "") + ("" if args.part == "all" else f" --part {args.part}")
+    command += "" if args.engine_compile == "on" else " --engine-compile off"
     fresh = {
         "date": date,
         "gpu": name,
@@ -991,7 +995,8 @@ def main(argv: list[str] | None = None) -> int:
     clock.log(f"{name}, {int(total_mib):,} MiB, {idle_mib} MiB in use; part {args.part}; work in {work}")
     with record.phase("setup", clock):
         ensure_builtin_model(MODEL, cache_dir)
-    bench = Bench(clock, record, cache_dir, work / "adapter", logs, child_environment(work / "compile-cache"), idle_mib, runs, steps, args.part)
+    env = {**child_environment(work / "compile-cache"), "TANDEM_ENGINE_COMPILE": args.engine_compile}
+    bench = Bench(clock, record, cache_dir, work / "adapter", logs, env, idle_mib, runs, steps, args.part)
     try:
         with record.phase("peft", clock) as entry:
             if args.part == "generate" and (bench.adapter_dir / "adapter_config.json").exists():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.__main__ import AUTH_TOKEN_ENV, MODEL_ENV, parse_config
+from service.__main__ import AUTH_TOKEN_ENV, ENGINE_COMPILE_ENV, MODEL_ENV, parse_config
 from service.config import Limits, TlsConfig
 
 
@@ -77,3 +77,12 @@ def test_startup_model_from_flag_environment_or_built_in(monkeypatch: pytest.Mon
     monkeypatch.setenv(MODEL_ENV, "my-model")
     assert parse_config([]).startup_model == "my-model"
     assert parse_config(["--model", "tandem/tiny"]).startup_model == "tandem/tiny", "the flag wins over the environment"
+
+
+def test_engine_compile_is_on_unless_the_flag_or_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENGINE_COMPILE_ENV, raising=False)
+    assert parse_config([]).engine_compile is True
+    assert parse_config(["--engine-compile", "off"]).engine_compile is False
+    monkeypatch.setenv(ENGINE_COMPILE_ENV, "off")
+    assert parse_config([]).engine_compile is False
+    assert parse_config(["--engine-compile", "on"]).engine_compile is True

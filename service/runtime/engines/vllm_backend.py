@@ -8,7 +8,7 @@ Nothing here imports vLLM, so CPU installs can read it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from service.runtime.specs import LoadSpec
@@ -32,11 +32,16 @@ class VllmOptions:
     """Most sequences decoded in one engine step."""
     enforce_eager: bool = False
     """Skip CUDA graphs as well (faster start, slower decoding): for tests."""
-    torch_compile: bool = False
-    """On: vLLM's default compilation (torch.compile, piecewise and full CUDA graphs), as the benchmark's
-    vLLM baselines run. Off (Tandem): the model runs vLLM's own fused CUDA ops eagerly and each decode
-    batch replays one full CUDA graph (``FULL_DECODE_ONLY``); prefill runs eagerly. Compiling took 38.5 s
-    of a cold LoadModel and 7.4 s of a warm one on the H200 (BENCHMARKS.md)."""
+    torch_compile: bool = True
+    """On (the default): vLLM's torch.compile of the model with its default CUDA graphs (full graphs for
+    decode, piecewise for the rest). Off (``--engine-compile off``): the model runs vLLM's own fused CUDA
+    ops eagerly and each decode batch replays one full graph (``FULL_DECODE_ONLY``). Measured on the H200
+    with the 1.1B benchmark model (BENCHMARKS.md): off, LoadModel took 94 s cold and 39 s warm instead of
+    144 s and 61 s, but 256 concurrent Generate calls ran at 0.79 of a compiled AsyncLLM beside them;
+    compiled, Tandem had run at 0.93 of it. Throughput all day wins over a faster first start."""
+    specialize_lora_graphs: bool = False
+    """vLLM's ``cudagraph_specialize_lora``: separate graphs with and without an active LoRA. Off for
+    Tandem, whose samples nearly always carry the trained adapter: one set of graphs, half the capture."""
     cuda_graph_batch_sizes: tuple[int, ...] = CUDA_GRAPH_BATCH_SIZES
     max_num_batched_tokens: int = 16384
     """Tokens one engine step may schedule (prefill chunk size). vLLM's default is 2048 for an engine started
@@ -44,13 +49,16 @@ class VllmOptions:
 
 
 OPTIONS = VllmOptions()
-"""What the vLLM host uses; tests may swap in eager mode."""
+"""What the vLLM host uses: set once by ``configure_process``; tests may swap in eager mode."""
 
 
-def configure_process() -> None:
-    """Apply PROCESS_ENVIRONMENT (values already set in the environment win); call before any engine starts."""
+def configure_process(torch_compile: bool = True) -> None:
+    """Apply PROCESS_ENVIRONMENT (values already set in the environment win) and ``--engine-compile``;
+    call before any engine starts."""
+    global OPTIONS
     for name, value in PROCESS_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    OPTIONS = replace(OPTIONS, torch_compile=torch_compile)
 
 
 def engine_kwargs(spec: LoadSpec, model_dir: Path, options: VllmOptions) -> dict:
@@ -78,21 +86,17 @@ def engine_kwargs(spec: LoadSpec, model_dir: Path, options: VllmOptions) -> dict
         max_num_seqs=options.max_num_seqs,
         max_num_batched_tokens=max(options.max_num_batched_tokens, spec.max_seq_length),
         enforce_eager=options.enforce_eager,
-        compilation_config=compilation_config(sizes, options.torch_compile),
+        compilation_config=compilation_config(sizes, options),
         worker_extension_cls=WORKER_EXTENSION,
     )
 
 
-def compilation_config(capture_sizes: list[int], torch_compile: bool) -> dict:
-    """vLLM's ``compilation_config``: the decode graph sizes; without torch.compile, full decode graphs.
-
-    With ``torch_compile`` the rest is vLLM's default. Without it, one graph per size serves
-    requests with and without a LoRA (``cudagraph_specialize_lora`` off): Tandem's samples nearly
-    always carry the trained adapter, and graphs specialised by LoRA count multiply capture time.
-    """
-    config: dict = {"cudagraph_capture_sizes": capture_sizes}
-    if not torch_compile:
-        config.update(mode="NONE", cudagraph_mode="FULL_DECODE_ONLY", cudagraph_specialize_lora=False)
+def compilation_config(capture_sizes: list[int], options: VllmOptions) -> dict:
+    """vLLM's ``compilation_config`` for ``options``: the decode graph sizes, LoRA specialization, and
+    without torch.compile full decode graphs."""
+    config: dict = {"cudagraph_capture_sizes": capture_sizes, "cudagraph_specialize_lora": options.specialize_lora_graphs}
+    if not options.torch_compile:
+        config.update(mode="NONE", cudagraph_mode="FULL_DECODE_ONLY")
     return config
 
 
