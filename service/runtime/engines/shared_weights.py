@@ -87,7 +87,7 @@ def trainer_quant_state(state: QuantState, compute_dtype: torch.dtype) -> QuantS
 
     vLLM quantizes with double quantization: each use first dequantizes the absmax (one more
     kernel and its Python per projection, forward and backward). Dequantized once here, in
-    float32, it costs 4 bytes per 64 weights (69 MB for a 1.1B base) and vLLM's own states stay
+    float32, it costs 4 bytes per 64 weights (61 MB for the 1.1B benchmark model) and vLLM's own states stay
     as they were. Dequantized weights come out in ``compute_dtype``.
     """
     absmax = state.absmax
