@@ -59,7 +59,7 @@ from tests.bench.gpu_workload import (  # noqa: E402
 MODES = ("text", "ids")
 """``text``: vLLM detokenizes, as it returns text by default; ``ids``: ``detokenize=False``."""
 LORA_ID = 1
-BASELINE_OPTIONS = dataclasses.replace(vllm_backend.VllmOptions(), torch_compile=True, specialize_lora_graphs=True)
+BASELINE_OPTIONS = dataclasses.replace(vllm_backend.VllmOptions(), torch_compile=True)
 """The vLLM baselines' engine settings: Tandem's, with vLLM's default compilation and CUDA graphs."""
 
 

@@ -20,10 +20,9 @@ def compilation(torch_compile: bool) -> dict:
     return vllm_backend.engine_kwargs(LoadSpec(model_name="m"), Path("/models/m"), vllm_backend.OPTIONS)["compilation_config"]
 
 
-def test_compiled_engine_keeps_vllms_graph_modes_with_one_graph_per_size() -> None:
+def test_compiled_engine_keeps_vllms_graph_modes_for_its_graph_sizes() -> None:
     config = compilation(torch_compile=True)
     assert "mode" not in config and "cudagraph_mode" not in config  # vLLM's defaults: torch.compile, full + piecewise graphs
-    assert config["cudagraph_specialize_lora"] is False
     assert config["cudagraph_capture_sizes"] == [s for s in vllm_backend.CUDA_GRAPH_BATCH_SIZES if s <= vllm_backend.OPTIONS.max_num_seqs]
 
 

@@ -39,9 +39,6 @@ class VllmOptions:
     with the 1.1B benchmark model (BENCHMARKS.md): off, LoadModel took 94 s cold and 39 s warm instead of
     144 s and 61 s, but 256 concurrent Generate calls ran at 0.79 of a compiled AsyncLLM beside them;
     compiled, Tandem had run at 0.93 of it. Throughput all day wins over a faster first start."""
-    specialize_lora_graphs: bool = False
-    """vLLM's ``cudagraph_specialize_lora``: separate graphs with and without an active LoRA. Off for
-    Tandem, whose samples nearly always carry the trained adapter: one set of graphs, half the capture."""
     cuda_graph_batch_sizes: tuple[int, ...] = CUDA_GRAPH_BATCH_SIZES
     max_num_batched_tokens: int = 16384
     """Tokens one engine step may schedule (prefill chunk size). vLLM's default is 2048 for an engine started
@@ -92,9 +89,10 @@ def engine_kwargs(spec: LoadSpec, model_dir: Path, options: VllmOptions) -> dict
 
 
 def compilation_config(capture_sizes: list[int], options: VllmOptions) -> dict:
-    """vLLM's ``compilation_config`` for ``options``: the decode graph sizes, LoRA specialization, and
-    without torch.compile full decode graphs."""
-    config: dict = {"cudagraph_capture_sizes": capture_sizes, "cudagraph_specialize_lora": options.specialize_lora_graphs}
+    """vLLM's ``compilation_config`` for ``options``: the decode graph sizes, and without torch.compile
+    full decode graphs. vLLM 0.24's model runner for Llama captures each size twice, without and with
+    LoRA (28 graphs; ``cudagraph_specialize_lora`` changes that only with LoRA's ``specialize_active_lora``)."""
+    config: dict = {"cudagraph_capture_sizes": capture_sizes}
     if not options.torch_compile:
         config.update(mode="NONE", cudagraph_mode="FULL_DECODE_ONLY")
     return config
