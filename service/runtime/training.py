@@ -25,10 +25,11 @@ How, without a second copy of adapter + optimizer on the device:
   memory as adapter + moments) and filled by one foreach call: the H200 train
   profile (tests/bench/results/2026-12-03-train-profile-nvidia-h200.json)
   showed a step bound by host time, not the GPU (device busy 149 of 278 ms),
-  with 1,238 separate copies for the snapshot. Measured with fp32 tensors shaped like the 1.1B model's
-  rank-64 adapter (0.17 GB) and its AdamW moments (0.33 GB) on one H200, a copy
-  taken right before the optimizer made an applied step 17 ms instead of
-  3.5 ms; overlapped with the passes it is hidden behind them. On CPU the copy
+  with 1,238 separate copies for the snapshot. Measured with fp32 tensors
+  shaped like the 1.1B model's rank-64 adapter (0.17 GB) and its AdamW moments
+  (0.33 GB) on one H200, a copy taken right before the optimizer made an
+  applied step 17 ms instead of 3.5 ms; overlapped with the passes it is
+  hidden behind them. On CPU the copy
   is synchronous: the tiny model's takes 0.7 ms of a 111 ms step. A copy kept
   on the device would take 0.5 GB, twice the 0.25 GiB the budget allows over
   vLLM.
