@@ -125,7 +125,7 @@ def _process_setup() -> dict:
         "deterministic": torch.are_deterministic_algorithms_enabled(),
         "current_stream_is_default": torch.cuda.current_stream() == torch.cuda.default_stream(),
         "profiler_or_trace_hooks": [sys.gettrace() is not None, sys.getprofile() is not None],
-        "env": {k: v for k, v in os.environ.items() if k.startswith(("PYTORCH_", "CUDA_", "OMP_", "TORCH_", "NCCL_", "CUBLAS"))},
+        "env": {k: v for k, v in os.environ.items() if k.startswith(("PYTORCH_", "CUDA_", "OMP_", "TORCH_", "NCCL_", "CUBLAS")) and "/" not in v},
     }
 
 
