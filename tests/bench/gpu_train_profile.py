@@ -6,7 +6,9 @@ Loads the 1.1B-shaped model on the vLLM engine (eager: no compile) through the
 controller, then runs ``tests/gpu/probes.train_profile`` in the engine's process:
 the full TrainStep path, a plain PEFT forward/backward on the same model and
 batch, a forward alone, and the same on the base loaded again by transformers
-in the same process, then a torch.profiler table of each; prints it as JSON
+in the same process, then a torch.profiler table of each; then, with the
+engine stopped, the same plain loop and host-speed check in this program's
+own process (``standalone``), which never ran vLLM's engine; prints it as JSON
 (``--json FILE`` writes it there too).
 """
 
@@ -37,7 +39,7 @@ from tests.gpu import probes  # noqa: E402
 
 async def profile(steps: int, cache: Path | None) -> dict:
     cache = cache or Path(tempfile.mkdtemp(prefix="tandem-train-profile-"))
-    ensure_builtin_model(MODEL, cache)
+    model_dir = ensure_builtin_model(MODEL, cache)
     vllm_backend.OPTIONS = vllm_backend.VllmOptions(enforce_eager=True)
     vllm_backend.configure_process()
     controller = Controller(ServerConfig(cache_dir=cache, startup_model=None), Metrics(CollectorRegistry()))
@@ -49,9 +51,27 @@ async def profile(steps: int, cache: Path | None) -> dict:
         info = await controller.host.inspect(probes.train_profile, steps)
     finally:
         await controller.stop()
-    for key in ("full_step_s", "plain_fwd_bwd_s", "forward_only_s", "own_model_plain_fwd_bwd_s", "own_model_forward_only_s"):
-        info[key.removesuffix("_s") + "_median_s"] = statistics.median(info[key][1:])
+    info["standalone"] = standalone(model_dir, spec, steps)
+    for part in (info, info["standalone"]):
+        for key in [k for k in part if k.endswith("_s") and isinstance(part[k], list)]:
+            part[key.removesuffix("_s") + "_median_s"] = statistics.median(part[key][1:])
     return info
+
+
+def standalone(model_dir: Path, spec: LoadSpec, steps: int) -> dict:
+    """The probe's plain loop on a freshly loaded PEFT model in this process, and its host-speed check."""
+    import torch
+
+    from tests.bench.gpu_workload import train_batch
+
+    device = torch.device("cuda", 0)
+    model = probes.own_model(model_dir, spec, torch.bfloat16, device)
+    ids = torch.tensor(train_batch(), device=device)
+    return {
+        "own_model_plain_fwd_bwd_s": probes.timed_steps(lambda: probes.plain_step(model, ids), steps),
+        "host_speed": probes.host_speed(device),
+        "process": probes.process_setup(),
+    }
 
 
 def main() -> None:

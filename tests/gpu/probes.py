@@ -42,15 +42,17 @@ def save_peft(loaded, directory: str) -> None:
 def train_profile(loaded, steps: int) -> dict:
     """Where a TrainStep's time goes in the engine's process: the full TrainStep path against a plain
     PEFT loop (forward, cross-entropy, backward) on the same model and batch, and on the base loaded
-    again by transformers in this process; then one step of each plain loop under torch.profiler
-    (device-busy time against wall time, the kernels and operators that take longest) and what of the
-    process's setup could slow eager training (threads, matmul flags, allocator settings)."""
+    again by transformers in this process (the two interleaved, and once more with Python's garbage
+    collector off); then one step of each plain loop under torch.profiler (device-busy time against
+    wall time, the kernels and operators that take longest), how fast this process runs small work
+    (``host_speed``), and what of its setup could slow eager training (threads, matmul flags,
+    allocator settings)."""
+    import gc
     import time
 
     import torch
 
     from service.runtime import model_ops
-    from service.runtime.peft_model import attach_lora, load_hf_base
     from service.runtime.specs import LossSpec, OptimizerSpec
     from service.runtime.validation import PreparedSequence
     from tests.bench.gpu_workload import train_batch
@@ -58,49 +60,117 @@ def train_profile(loaded, steps: int) -> dict:
     batch = train_batch()
     sequences = [PreparedSequence(ids, [0.0] + [1.0] * (len(ids) - 1), [0.0] * len(ids), None) for ids in batch]
     ids = torch.tensor(batch, device=loaded.device)
-    own = attach_lora(load_hf_base(loaded.model_dir, loaded.spec, loaded.dtype, loaded.device), loaded.spec)
-    info = {"process": _process_setup(), "shared_quant_state": _first_quant_state(loaded.model), "own_quant_state": _first_quant_state(own)}
+    own = own_model(loaded.model_dir, loaded.spec, loaded.dtype, loaded.device)
+    info = {"process": process_setup(), "shared_quant_state": _first_quant_state(loaded.model), "own_quant_state": _first_quant_state(own)}
     info["attn_implementation"] = loaded.model.config._attn_implementation
     info["lora_dtype"] = str(loaded.trainable[0].dtype)
-
-    def timed(fn) -> list[float]:
-        seconds = []
-        for _ in range(steps):
-            torch.cuda.synchronize()
-            started = time.perf_counter()
-            fn()
-            torch.cuda.synchronize()
-            seconds.append(time.perf_counter() - started)
-        return seconds
 
     def full() -> None:
         model_ops.train(loaded, sequences, LossSpec(), OptimizerSpec(learning_rate=0.0), False, time.perf_counter())
 
-    def plain(model) -> None:
-        model.train()
-        logits = model(input_ids=ids, use_cache=False).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-        loss.backward()
-        model.eval()
-        for p in model.parameters():
-            p.grad = None
-
-    def forward_only(model) -> None:
-        with torch.no_grad():
-            model(input_ids=ids, use_cache=False)
-
-    info["full_step_s"] = timed(full)
-    info["plain_fwd_bwd_s"] = timed(lambda: plain(loaded.model))
-    info["own_model_plain_fwd_bwd_s"] = timed(lambda: plain(own))
-    info["forward_only_s"] = timed(lambda: forward_only(loaded.model))
-    info["own_model_forward_only_s"] = timed(lambda: forward_only(own))
-    info["kernels_shared"] = _kernel_profile(lambda: plain(loaded.model))
-    info["kernels_own"] = _kernel_profile(lambda: plain(own))
+    info["full_step_s"] = timed_steps(full, steps)
+    shared, own_runs = [], []
+    for _ in range(steps):
+        shared += timed_steps(lambda: plain_step(loaded.model, ids), 1)
+        own_runs += timed_steps(lambda: plain_step(own, ids), 1)
+    info["plain_fwd_bwd_s"], info["own_model_plain_fwd_bwd_s"] = shared, own_runs
+    gc.disable()
+    try:
+        info["own_model_plain_fwd_bwd_gc_off_s"] = timed_steps(lambda: plain_step(own, ids), steps)
+    finally:
+        gc.enable()
+    info["forward_only_s"] = timed_steps(lambda: forward_only(loaded.model, ids), steps)
+    info["own_model_forward_only_s"] = timed_steps(lambda: forward_only(own, ids), steps)
+    info["host_speed"] = host_speed(loaded.device)
+    info["kernels_shared"] = _kernel_profile(lambda: plain_step(loaded.model, ids))
+    info["kernels_own"] = _kernel_profile(lambda: plain_step(own, ids))
     info["kernels_full_step"] = _kernel_profile(full)
     return info
 
 
-def _process_setup() -> dict:
+def own_model(model_dir, spec, dtype, device):
+    """The base loaded by transformers (NF4 by bitsandbytes) with PEFT's LoRA on it: the benchmark's PEFT model."""
+    from service.runtime.peft_model import attach_lora, load_hf_base
+
+    return attach_lora(load_hf_base(model_dir, spec, dtype, device), spec)
+
+
+def timed_steps(fn, steps: int) -> list[float]:
+    """Seconds of each of ``steps`` calls of ``fn``, the device synchronized around each."""
+    import time
+
+    import torch
+
+    seconds = []
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def plain_step(model, ids) -> None:
+    """A plain PEFT training step without the optimizer: forward, cross-entropy on the next token, backward."""
+    import torch
+
+    model.train()
+    logits = model(input_ids=ids, use_cache=False).logits
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    loss.backward()
+    model.eval()
+    for p in model.parameters():
+        p.grad = None
+
+
+def forward_only(model, ids) -> None:
+    """One forward of ``model`` without autograd."""
+    import torch
+
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+
+
+def host_speed(device) -> dict:
+    """Microseconds per unit of small host work in this process, to compare two processes on one machine:
+    a pure-Python loop step, a PyTorch operator on a small CPU tensor, and one on a small device tensor
+    (launch included, synchronized at the end); the median of five rounds each."""
+    import statistics
+    import time
+
+    import torch
+
+    def per_unit(fn, units: int) -> float:
+        rounds = []
+        for _ in range(5):
+            started = time.perf_counter()
+            fn(units)
+            rounds.append((time.perf_counter() - started) / units * 1e6)
+        return round(statistics.median(rounds), 3)
+
+    def python_loop(n: int) -> None:
+        total = 0
+        for i in range(n):
+            total += i * i
+
+    def torch_ops(tensor):
+        def run(n: int) -> None:
+            for _ in range(n):
+                tensor.add_(1.0)
+            if tensor.is_cuda:
+                torch.cuda.synchronize()
+
+        return run
+
+    return {
+        "python_loop_us": per_unit(python_loop, 200_000),
+        "cpu_tensor_op_us": per_unit(torch_ops(torch.zeros(16)), 20_000),
+        "device_tensor_op_us": per_unit(torch_ops(torch.zeros(16, device=device)), 20_000),
+    }
+
+
+def process_setup() -> dict:
     """What in this process's setup bears on eager PyTorch speed."""
     import gc
     import os
@@ -125,6 +195,8 @@ def _process_setup() -> dict:
         "deterministic": torch.are_deterministic_algorithms_enabled(),
         "current_stream_is_default": torch.cuda.current_stream() == torch.cuda.default_stream(),
         "profiler_or_trace_hooks": [sys.gettrace() is not None, sys.getprofile() is not None],
+        "torch_function_modes": torch._C._len_torch_function_stack(),
+        "torch_dispatch_modes": torch._C._len_torch_dispatch_stack(),
         "env": {k: v for k, v in os.environ.items() if k.startswith(("PYTORCH_", "CUDA_", "OMP_", "TORCH_", "NCCL_", "CUBLAS")) and "/" not in v},
     }
 
