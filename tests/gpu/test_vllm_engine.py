@@ -51,6 +51,11 @@ PROMPT = tuple(range(300, 364))
 LOGPROB_TOLERANCE = 0.1
 """Largest |engine - trainer| logprob (nats) allowed for the same adapter: both run bf16 with the same NF4
 weights, but different kernels (FlashAttention vs SDPA, punica vs PEFT LoRA in fp32, bnb GEMV vs dequantize)."""
+SAME_ENGINE_TOLERANCE = 0.04
+"""Largest logprob gap (nats) allowed between two adapter slots of the engine holding the same adapter (one
+synced from the trainer's fp32 weights, one loaded from PEFT's file): each rounds the adapter to bf16 on its own
+path, so a logit can land one bf16 step apart, 2**-5 = 0.031 at magnitudes 4 to 8 (measured on an H200: 0.03125
+in two runs, with identical greedy tokens)."""
 
 
 def front_gpu_mib() -> int:
@@ -235,7 +240,7 @@ async def test_a_saved_adapter_loaded_from_disk_samples_like_the_in_memory_one(c
     gaps = [abs(a - b) for a, b in zip(logprobs_of(in_memory), logprobs_of(from_disk))]
     print(f"samples part at token {parted}; max |in-memory - from-disk| before that = {max(gaps[:parted] or [0.0]):.5f} nats")
     assert parted is None, f"greedy samples part at token {parted} of 32: {memory_tokens[parted:]} vs {disk_tokens[parted:]}"
-    assert max(gaps) < 0.02
+    assert max(gaps) < SAME_ENGINE_TOLERANCE
     await controller.delete_adapter("gpu-saved")
 
 
