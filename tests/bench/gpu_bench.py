@@ -610,9 +610,10 @@ class Bench:
         """Stop the server started by ``start_serving`` and wait for its GPU memory."""
         if self.server is not None:
             used = device_used_mib()
+            server_mib = tree_memory(self.server.process.pid, self.idle_mib)["mib"]  # a baseline may stay up beside it
             stop_tandem(self.server, self.clock)
             self.server = None
-            wait_gpu_released(used, used - self.idle_mib, self.clock)
+            wait_gpu_released(used, server_mib, self.clock)
 
     def start_baseline(self, baseline: Baseline, entry: dict) -> BaselineProcess:
         """Start a baseline engine (never while another engine starts), wait for it, note its GPU memory."""

@@ -55,7 +55,7 @@ SAME_ENGINE_TOLERANCE = 0.04
 """Largest logprob gap (nats) allowed between two adapter slots of the engine holding the same adapter (one
 synced from the trainer's fp32 weights, one loaded from PEFT's file): each rounds the adapter to bf16 on its own
 path, so a logit can land one bf16 step apart, 2**-5 = 0.031 at magnitudes 4 to 8 (measured on an H200: 0.03125
-in two runs, with identical greedy tokens)."""
+in three runs, with identical greedy tokens)."""
 
 
 def front_gpu_mib() -> int:
