@@ -34,6 +34,13 @@ def standby_released_bytes(loaded) -> int:
     return loaded.engine.standby.released_bytes
 
 
+def reserved_bytes(loaded) -> int:
+    """Device memory PyTorch's caching allocator holds in the engine's process (vLLM's pools included)."""
+    import torch
+
+    return torch.cuda.memory_reserved(loaded.device)
+
+
 def save_peft(loaded, directory: str) -> None:
     """Write the trained adapter with PEFT's save_pretrained."""
     loaded.model.save_pretrained(directory)

@@ -220,8 +220,12 @@ async def test_base_selector_samples_without_the_adapter(controller: Controller)
 async def test_standby_releases_the_kv_cache_during_a_train_step_and_keeps_the_weights(controller: Controller) -> None:
     before = tokens_of(await generate(controller, [PROMPT], greedy(32)))
     weights = await controller.host.inspect(probes.frozen_pointers)
+    reserved_before = await controller.host.inspect(probes.reserved_bytes)
     result = await train_on(controller, [*PROMPT, *before], learning_rate=0.0)
     assert torch.isfinite(torch.tensor(result.loss))
+    reserved_after = await controller.host.inspect(probes.reserved_bytes)
+    print(f"PyTorch reserved {reserved_before / 2**30:.2f} GiB before the step, {reserved_after / 2**30:.2f} GiB after it")
+    assert reserved_after <= reserved_before + 2**26, "the step's cached memory must go back before the KV cache is mapped again"
     released = await controller.host.inspect(probes.standby_released_bytes)
     kv_bytes = (await controller.describe()).memory.kv_cache_bytes
     print(f"standby released {released / 2**30:.2f} GiB of a {kv_bytes / 2**30:.2f} GiB KV cache")
