@@ -38,8 +38,9 @@ class VllmOptions:
     ops eagerly and each decode batch replays one full graph (``FULL_DECODE_ONLY``). Measured on the H200
     with the 1.1B benchmark model (BENCHMARKS.md): off, LoadModel took 94 s cold and 39 s warm instead of
     144 s and 61 s, but 256 concurrent Generate calls ran at 0.79 of a compiled AsyncLLM beside them;
-    compiled, Tandem had run at 0.93 of it (one pair of runs). Throughput all day wins over a faster
-    first start."""
+    compiled, Tandem had run at 0.93 of it (one pair of runs). A later compiled run loaded in 106 s and
+    37 s and made 0.91 of the fastest baseline (in-process ``LLM.generate``). Throughput all day wins
+    over a faster first start."""
     cuda_graph_batch_sizes: tuple[int, ...] = CUDA_GRAPH_BATCH_SIZES
     max_num_batched_tokens: int = 16384
     """Tokens one engine step may schedule (prefill chunk size). vLLM's default is 2048 for an engine started
