@@ -19,6 +19,7 @@ ROLE_ENV = "TANDEM_ROLE"
 ADAPTER_STORE_ENV = "TANDEM_ADAPTER_STORE"
 TRAINER_ADDRESS_ENV = "TANDEM_TRAINER_ADDRESS"
 ENGINE_COMPILE_ENV = "TANDEM_ENGINE_COMPILE"
+TRAIN_COMPILE_ENV = "TANDEM_TRAIN_COMPILE"
 
 
 def _flag(name: str) -> str:
@@ -142,6 +143,13 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         help="vLLM engine: torch.compile the model (on: faster generation; off: LoadModel about 50 s sooner on a cold "
         f"start, 20 s on a warm one, measured on an H200; BENCHMARKS.md) (default ${ENGINE_COMPILE_ENV} when set, else on)",
     )
+    parser.add_argument(
+        "--train-compile",
+        choices=["on", "off"],
+        default=os.environ.get(TRAIN_COMPILE_ENV) or "on",
+        help="vLLM engine: torch.compile the trainer's decoder layers (on: faster TrainSteps, the first one after LoadModel "
+        f"compiles; off: eager training) (default ${TRAIN_COMPILE_ENV} when set, else on)",
+    )
     _add_limit_flags(parser)
     _add_security_flags(parser)
     _add_scale_out_flags(parser, defaults)
@@ -174,6 +182,7 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         max_adapter_wait_seconds=args.max_adapter_wait_seconds,
         torch_threads=args.torch_threads,
         engine_compile=args.engine_compile == "on",
+        train_compile=args.train_compile == "on",
     )
 
 
@@ -183,7 +192,7 @@ def main() -> None:
     from service.server import serve  # after logging is configured; imports torch
 
     config = parse_config()
-    configure_process(torch_compile=config.engine_compile)
+    configure_process(torch_compile=config.engine_compile, compile_training=config.train_compile)
     asyncio.run(serve(config))
 
 

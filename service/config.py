@@ -101,6 +101,8 @@ class ServerConfig:
     engine_compile: bool = True
     """The vLLM engine compiles its model with torch.compile (``--engine-compile``): faster generation,
     slower first start; see ``VllmOptions.torch_compile``."""
+    train_compile: bool = True
+    """The vLLM engine's trainer compiles its decoder layers (``--train-compile``): see ``VllmOptions.compile_training``."""
 
     @property
     def resolved_checkpoint_root(self) -> Path:

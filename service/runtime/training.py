@@ -391,6 +391,7 @@ def _release_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
+@torch.compiler.set_stance("force_eager")  # layers compiled for training (compiled_training.py) run eagerly here
 @torch.inference_mode()
 def score_sequences(loaded: LoadedModel, sequences: list[list[int]], adapter: str) -> list[list[float]]:
     """Per-token logprobs (entry 0 is 0) under ``adapter``: "" (trained), "base", or the PEFT name of a loaded saved adapter."""

@@ -1,6 +1,6 @@
 """GPU benchmark: Tandem through gRPC against vLLM alone, in one program on one GPU.
 
-    python tests/bench/gpu_bench.py [--part all|load|generate] [--work DIR] [--engine-compile on|off] [--quick] [--out tests/bench/results]
+    python tests/bench/gpu_bench.py [--part all|load|generate] [--work DIR] [--engine-compile on|off] [--train-compile on|off] [--quick] [--out tests/bench/results]
                                     [--cache-dir DIR] [--logs DIR] [--budget 540]
 
 Workload (gpu_workload.py): the built-in 1.1B-shaped model in NF4 with a
@@ -750,6 +750,7 @@ def figures(data: dict) -> dict:
         ),
     )
     cold = data.get("tandem_cold", {})
+    first_step = cold.get("train", [])[:1]
     steps = cold.get("train", [])[1:]
     syncs_ms = sorted(s["seconds"]["sync"] * 1000 for s in steps)
     train_rate = statistics.median(s["tokens"] / s["wall_seconds"] for s in steps) if steps else None
@@ -762,6 +763,8 @@ def figures(data: dict) -> dict:
         tandem_train_tokens_per_second=train_rate,
         peft_train_tokens_per_second=peft_rate,
         train_vs_peft=ratio(train_rate, peft_rate),
+        # the warm-up: with --train-compile on, the trainer's layers compile in it
+        train_first_step_seconds=first_step[0]["wall_seconds"] if first_step else None,
     )
     memory = cold.get("memory_after_train") or cold.get("memory")
     tandem_mib = cold.get("gpu", {}).get("mib")
@@ -832,7 +835,7 @@ def print_table(data: dict) -> None:
     results = data["results"]
     if results["fewest_runs_behind_a_median"] < RUNS:
         print(f"\nnote: a median above rests on {results['fewest_runs_behind_a_median']} runs (fewer than {RUNS}: --quick, the time budget or a failed phase)")
-    for key in ("tandem_train_tokens_per_second", "peft_train_tokens_per_second", "tandem_gib_after_load", "vllm_alone_gib", "lora_sync_ms_max"):
+    for key in ("tandem_train_tokens_per_second", "peft_train_tokens_per_second", "train_first_step_seconds", "tandem_gib_after_load", "vllm_alone_gib", "lora_sync_ms_max"):
         value = results[key]
         print(f"{key:54} {'-' if value is None else f'{value:,.2f}':>9}")
 
@@ -930,6 +933,7 @@ def settings(args: argparse.Namespace, runs: int, steps: int) -> dict:
         "max_num_seqs": OPTIONS.max_num_seqs,
         "cudagraph_capture_sizes": sizes,
         "tandem_engine_compile": args.engine_compile,
+        "tandem_train_compile": args.train_compile,
         "tandem_compilation_config": compilation_config(sizes, dataclasses.replace(OPTIONS, torch_compile=args.engine_compile == "on")),
         "baseline_compilation_config": compilation_config(sizes, BASELINE_OPTIONS),
         "prompts": PROMPTS,
@@ -955,6 +959,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--logs", type=Path, default=None, help="server and baseline logs (default: a new temporary directory)")
     parser.add_argument("--budget", type=float, default=540.0, help="seconds the whole program may take (default 540)")
     parser.add_argument("--engine-compile", choices=["on", "off"], default="on", help="the server's --engine-compile (default on)")
+    parser.add_argument("--train-compile", choices=["on", "off"], default="on", help="the server's --train-compile (default on)")
     parser.add_argument("--part", choices=sorted(PARTS), default="all", help="every phase, or the LoadModel/TrainStep/memory phases, or the Generate phases (see PARTS)")
     parser.add_argument("--work", type=Path, default=None, help="model, adapter, compile cache and logs; kept for the next part (default: a new temporary directory)")
     return parser.parse_args(argv)
@@ -974,6 +979,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"{date}-gpu-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}" + ("-quick" if args.quick else "")
     command = "python tests/bench/gpu_bench.py" + (" --quick" if args.quick else "") + ("" if args.part == "all" else f" --part {args.part}")
     command += "" if args.engine_compile == "on" else " --engine-compile off"
+    command += "" if args.train_compile == "on" else " --train-compile off"
     fresh = {
         "date": date,
         "gpu": name,
@@ -996,7 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
     clock.log(f"{name}, {int(total_mib):,} MiB, {idle_mib} MiB in use; part {args.part}; work in {work}")
     with record.phase("setup", clock):
         ensure_builtin_model(MODEL, cache_dir)
-    env = {**child_environment(work / "compile-cache"), "TANDEM_ENGINE_COMPILE": args.engine_compile}
+    env = {**child_environment(work / "compile-cache"), "TANDEM_ENGINE_COMPILE": args.engine_compile, "TANDEM_TRAIN_COMPILE": args.train_compile}
     bench = Bench(clock, record, cache_dir, work / "adapter", logs, env, idle_mib, runs, steps, args.part)
     try:
         with record.phase("peft", clock) as entry:

@@ -41,7 +41,7 @@ async def profile(steps: int, cache: Path | None) -> dict:
     cache = cache or Path(tempfile.mkdtemp(prefix="tandem-train-profile-"))
     model_dir = ensure_builtin_model(MODEL, cache)
     vllm_backend.OPTIONS = vllm_backend.VllmOptions(enforce_eager=True)
-    vllm_backend.configure_process()
+    vllm_backend.configure_process(compile_training=False)  # the profile takes the eager step apart; gpu_bench.py measures the default
     controller = Controller(ServerConfig(cache_dir=cache, startup_model=None), Metrics(CollectorRegistry()))
     controller.start()
     spec = LoadSpec(model_name=MODEL, fast_inference=True, gpu_memory_utilization=0.3, lora=LoraSpec(rank=LORA_RANK, alpha=LORA_ALPHA))

@@ -246,3 +246,48 @@ def _kernel_profile(step, rows: int = 12) -> dict:
         "top_kernels_ms": [row(e, "self_device_time_total") for e in sorted(device, key=lambda e: -e.self_device_time_total)[:rows]],
         "top_cpu_ops_ms": [row(e, "self_cpu_time_total") for e in sorted(cpu_ops, key=lambda e: -e.self_cpu_time_total)[:rows]],
     }
+
+
+def compiled_and_eager_training(loaded, batch: list[list[int]], timed: int) -> dict:
+    """The trained adapter's loss and gradient on ``batch``, through the layers compiled for training and
+    through their eager code (torch's ``force_eager`` stance), then ``timed`` forward + backward passes of each,
+    interleaved (seconds). Nothing is applied: the gradients are returned as figures only."""
+    import time
+
+    import torch
+    from service.runtime.training import sequence_logprobs
+
+    ids = torch.tensor(batch, device=loaded.device)
+
+    def loss_and_grad() -> tuple[float, torch.Tensor]:
+        loaded.model.train()
+        try:
+            loss = -sequence_logprobs(loaded.model, ids).mean()
+            grads = torch.autograd.grad(loss, loaded.trainable, allow_unused=True)
+        finally:
+            loaded.model.eval()
+        flat = torch.cat([torch.zeros(p.numel(), device=p.device) if g is None else g.flatten().float() for p, g in zip(loaded.trainable, grads)])
+        return float(loss.detach()), flat
+
+    def eager():
+        with torch.compiler.set_stance("force_eager"):
+            return loss_and_grad()
+
+    started = time.perf_counter()
+    compiled_loss, compiled = loss_and_grad()
+    first_seconds = time.perf_counter() - started
+    eager_loss, reference = eager()
+    seconds = {"compiled": [], "eager": []}
+    for _ in range(timed):
+        seconds["compiled"] += timed_steps(loss_and_grad, 1)
+        seconds["eager"] += timed_steps(eager, 1)
+    layers = [m for m in loaded.model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    return {
+        "compiled_layers": len(layers),
+        "first_compiled_seconds": first_seconds,
+        "compiled_loss": compiled_loss,
+        "eager_loss": eager_loss,
+        "gradient_cosine": float(torch.nn.functional.cosine_similarity(compiled, reference, dim=0)),
+        "gradient_relative_gap": float((compiled - reference).norm() / reference.norm()),
+        "seconds": seconds,
+    }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import statistics
 import subprocess
 import time
 import uuid
@@ -273,6 +274,28 @@ async def test_zz_a_killed_engine_process_is_seen_at_once_and_load_model_starts_
         print(f"LoadModel with CUDA graphs (no torch.compile) took {time.monotonic() - started:.1f} s")
     assert controller.loaded
     assert len(tokens_of(await generate(controller, [PROMPT], greedy(8)))) == 8
+
+
+async def test_the_trainer_trains_through_compiled_layers_with_eagers_gradient(controller: Controller) -> None:
+    """TrainStep's forward and backward run through the decoder layers compiled for training (the default,
+    ``--train-compile on``); on the benchmark's batch shape their loss and gradient match the same layers' eager
+    code within bf16 rounding. The timings are printed for the record, not asserted."""
+    generator = torch.Generator().manual_seed(7)
+    batch = torch.randint(0, 32000, (8, 512), generator=generator).tolist()
+
+    figures = await controller.host.inspect(probes.compiled_and_eager_training, batch, 5)
+
+    compiled, eager = (statistics.median(figures["seconds"][k]) for k in ("compiled", "eager"))
+    print(
+        f"compiled layers {figures['compiled_layers']}; first compiled pass {figures['first_compiled_seconds']:.1f} s; "
+        f"forward+backward median compiled {compiled * 1000:.1f} ms, eager {eager * 1000:.1f} ms; "
+        f"loss {figures['compiled_loss']:.5f} vs {figures['eager_loss']:.5f}; gradient cosine {figures['gradient_cosine']:.6f}, "
+        f"relative gap {figures['gradient_relative_gap']:.4f}"
+    )
+    assert figures["compiled_layers"] == 22
+    assert figures["compiled_loss"] == pytest.approx(figures["eager_loss"], rel=1e-3)
+    assert figures["gradient_cosine"] > 0.999
+    assert figures["gradient_relative_gap"] < 0.05
 
 
 async def test_zzz_in_cuda_graph_decoding_the_engine_samples_the_adapter_the_trainer_just_made(controller: Controller) -> None:

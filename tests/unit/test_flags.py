@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.__main__ import AUTH_TOKEN_ENV, ENGINE_COMPILE_ENV, MODEL_ENV, parse_config
+from service.__main__ import AUTH_TOKEN_ENV, ENGINE_COMPILE_ENV, MODEL_ENV, TRAIN_COMPILE_ENV, parse_config
 from service.config import Limits, TlsConfig
 
 
@@ -86,3 +86,12 @@ def test_engine_compile_is_on_unless_the_flag_or_environment_turns_it_off(monkey
     monkeypatch.setenv(ENGINE_COMPILE_ENV, "off")
     assert parse_config([]).engine_compile is False
     assert parse_config(["--engine-compile", "on"]).engine_compile is True
+
+
+def test_train_compile_is_on_unless_the_flag_or_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TRAIN_COMPILE_ENV, raising=False)
+    assert parse_config([]).train_compile is True
+    assert parse_config(["--train-compile", "off"]).train_compile is False
+    monkeypatch.setenv(TRAIN_COMPILE_ENV, "off")
+    assert parse_config([]).train_compile is False
+    assert parse_config(["--train-compile", "on"]).train_compile is True

@@ -41,6 +41,9 @@ class VllmOptions:
     compiled, Tandem had run at 0.93 of it (one pair of runs). A later compiled run loaded in 106 s and
     37 s and made 0.91 of the fastest baseline (in-process ``LLM.generate``). Throughput all day wins
     over a faster first start."""
+    compile_training: bool = True
+    """On (the default): the trainer's decoder layers run TrainStep's forward and backward through torch.compile
+    (``compiled_training.py``); the first TrainStep after LoadModel compiles. Off (``--train-compile off``): eager."""
     cuda_graph_batch_sizes: tuple[int, ...] = CUDA_GRAPH_BATCH_SIZES
     max_num_batched_tokens: int = 16384
     """Tokens one engine step may schedule (prefill chunk size). vLLM's default is 2048 for an engine started
@@ -51,13 +54,13 @@ OPTIONS = VllmOptions()
 """What the vLLM host uses: set once by ``configure_process``; tests may swap in eager mode."""
 
 
-def configure_process(torch_compile: bool = True) -> None:
-    """Apply PROCESS_ENVIRONMENT (values already set in the environment win) and ``--engine-compile``;
-    call before any engine starts."""
+def configure_process(torch_compile: bool = True, compile_training: bool = True) -> None:
+    """Apply PROCESS_ENVIRONMENT (values already set in the environment win), ``--engine-compile`` and
+    ``--train-compile``; call before any engine starts."""
     global OPTIONS
     for name, value in PROCESS_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
-    OPTIONS = replace(OPTIONS, torch_compile=torch_compile)
+    OPTIONS = replace(OPTIONS, torch_compile=torch_compile, compile_training=compile_training)
 
 
 def engine_kwargs(spec: LoadSpec, model_dir: Path, options: VllmOptions) -> dict:

@@ -118,7 +118,7 @@ class VllmHost:
         llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         try:
             ctx.report(LoadPhase.WEIGHTS, "building the trainer in the engine's process over its weights (one copy of the base)")
-            [reply] = await llm.collective_rpc("tandem_build", args=(encode_build(ctx.spec, str(ctx.model_dir)),))
+            [reply] = await llm.collective_rpc("tandem_build", args=(encode_build(ctx.spec, str(ctx.model_dir), vllm_backend.OPTIONS.compile_training),))
             built, version = decode_reply(reply)
         except BaseException:
             await asyncio.to_thread(llm.shutdown)

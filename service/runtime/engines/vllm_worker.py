@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from service.runtime import model_ops
+from service.runtime.compiled_training import compile_decoder_layers
 from service.runtime.engines.base import BuiltModel
 from service.runtime.engines.lora_buffers import LoraBufferSync, trained_lora_pairs
 from service.runtime.engines.shared_weights import build_shared_causal_lm
@@ -94,7 +95,7 @@ class TandemWorkerExtension:
     """Mixed into vLLM's GPU worker: ``self`` is the worker, ``self.model_runner.model`` the engine's model."""
 
     def tandem_build(self, payload: bytes) -> bytes:
-        """Build the trainer from encoded ``(spec, model_dir)`` (``encode_build``); the reply carries a BuiltTrainer."""
+        """Build the trainer from encoded ``(spec, model_dir, compile_training)`` (``encode_build``); the reply carries a BuiltTrainer."""
         return run_encoded(payload, self, self._tandem_version, build_trainer)
 
     def tandem_call(self, payload: bytes) -> bytes:
@@ -106,8 +107,9 @@ class TandemWorkerExtension:
         return 0 if loaded is None else loaded.state.adapter_version
 
 
-def build_trainer(worker, spec: LoadSpec, model_dir: str) -> BuiltTrainer:
-    """Build the LoadedModel over the worker's vLLM model and keep it on the worker (engine process only)."""
+def build_trainer(worker, spec: LoadSpec, model_dir: str, compile_training: bool) -> BuiltTrainer:
+    """Build the LoadedModel over the worker's vLLM model and keep it on the worker (engine process only);
+    with ``compile_training`` its decoder layers train through torch.compile (``compiled_training.py``)."""
     started = time.perf_counter()
     directory = Path(model_dir)
     runner = worker.model_runner
@@ -116,6 +118,8 @@ def build_trainer(worker, spec: LoadSpec, model_dir: str) -> BuiltTrainer:
     tokenizer = load_tokenizer(directory)
     base = build_shared_causal_lm(directory, runner.get_model(), dtype, device)
     model = attach_lora(base, spec)
+    if compile_training:
+        compile_decoder_layers(model)
     pairs = list(trained_lora_pairs(model))
     adapters = runner.lora_manager._adapter_manager
     adapters.add_adapter(_vllm_lora_model(TRAINED_LORA_ID, pairs, spec, dtype))

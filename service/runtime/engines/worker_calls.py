@@ -41,9 +41,9 @@ def encode_call(fn: Callable[..., Any], args: tuple) -> bytes:
     return pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def encode_build(spec, model_dir: str) -> bytes:
+def encode_build(spec, model_dir: str, compile_training: bool) -> bytes:
     """What the front process sends to build the trainer (the builder is the engine process's own)."""
-    return pickle.dumps((None, (spec, model_dir)), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((None, (spec, model_dir, compile_training)), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def run_encoded(payload: bytes, target: Any, adapter_version: Callable[[], int], fn: Callable[..., Any] | None = None) -> bytes:
