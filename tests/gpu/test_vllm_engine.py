@@ -294,8 +294,10 @@ async def test_the_trainer_trains_through_compiled_layers_with_eagers_gradient(c
     )
     assert figures["compiled_layers"] == 22
     assert figures["compiled_loss"] == pytest.approx(figures["eager_loss"], rel=1e-3)
-    assert figures["gradient_cosine"] > 0.999
-    assert figures["gradient_relative_gap"] < 0.05
+    # bf16 matmuls summed in another order across 22 layers: the H200 measured cosine 0.99907 and a 4.3 % gap;
+    # a missing LoRA path or a wrong backward gives a cosine far from 1.
+    assert figures["gradient_cosine"] > 0.995
+    assert figures["gradient_relative_gap"] < 0.1
 
 
 async def test_zzz_in_cuda_graph_decoding_the_engine_samples_the_adapter_the_trainer_just_made(controller: Controller) -> None:

@@ -43,7 +43,8 @@ class VllmOptions:
     over a faster first start."""
     compile_training: bool = True
     """On (the default): the trainer's decoder layers run TrainStep's forward and backward through torch.compile
-    (``compiled_training.py``); the first TrainStep after LoadModel compiles. Off (``--train-compile off``): eager."""
+    (``compiled_training.py``); the first TrainStep after LoadModel compiles (72 s on the H200 with the 1.1B
+    benchmark model; a forward + backward then took 158 ms against 249 ms eager). Off (``--train-compile off``): eager."""
     cuda_graph_batch_sizes: tuple[int, ...] = CUDA_GRAPH_BATCH_SIZES
     max_num_batched_tokens: int = 16384
     """Tokens one engine step may schedule (prefill chunk size). vLLM's default is 2048 for an engine started
