@@ -106,6 +106,7 @@ RESERVE_SECONDS = 30.0
 START_ESTIMATE_SECONDS = 60.0
 """A baseline engine's start (warm compile cache) until one has been measured."""
 RUN_TIMEOUT_SECONDS = 400.0
+"""Deadline of one Generate or TrainStep call: the first TrainStep compiles the trainer's layers (72 s on the H200)."""
 TANDEM_MODES = ("text", "ids", "one_rpc")
 """256 concurrent Generate RPCs returning text; the same with token_ids_only; one Generate RPC of 256 prompts."""
 BASELINE_MODES = ("text", "ids")
@@ -725,6 +726,22 @@ def fastest(data: dict, mode: str) -> tuple[str | None, float | None]:
     return name, known[name]
 
 
+def within_phase(data: dict) -> dict[str, dict[str, float | None]]:
+    """Per baseline: Tandem's medians from the runs interleaved with it ÷ that baseline's medians (text and
+    one RPC against its text runs, token ids against its detokenize-off runs). Runs of one phase share the
+    machine's state of the moment, which drifts between phases (BENCHMARKS.md, fourth H200 run)."""
+    ratios = {}
+    for name, side in data["baselines"].items():
+        tandem = [r for r in data["tandem"]["runs"] if r.get("phase") == name]
+        text, ids = median_rate(side["runs"], "text"), median_rate(side["runs"], "ids")
+        ratios[name] = {
+            "text": ratio(median_rate(tandem, "text"), text),
+            "ids": ratio(median_rate(tandem, "ids"), ids),
+            "one_rpc": ratio(median_rate(tandem, "one_rpc"), text),
+        }
+    return ratios
+
+
 def figures(data: dict) -> dict:
     """The headline figures from what the record holds so far (None where not measured)."""
     tandem_runs = data["tandem"]["runs"]
@@ -744,6 +761,7 @@ def figures(data: dict) -> dict:
         generate_vs_vllm=ratio(result["tandem_generate_tokens_per_second"], text_rate),
         generate_ids_vs_vllm=ratio(result["tandem_generate_ids_tokens_per_second"], ids_rate),
         one_rpc_vs_vllm=ratio(result["tandem_one_rpc_tokens_per_second"], text_rate),
+        within_phase_vs_vllm=within_phase(data),
         fewest_runs_behind_a_median=min(
             [sum(r["mode"] == mode for r in tandem_runs) for mode in TANDEM_MODES]
             + [sum(r["mode"] == mode for r in side["runs"]) for side in data["baselines"].values() for mode in BASELINE_MODES]
@@ -833,6 +851,10 @@ def print_table(data: dict) -> None:
         median = f"{statistics.median(rates):9,.0f}" if rates else f"{'-':>9}"
         print(f"{label:54} {median}  {len(rates)}")
     results = data["results"]
+    print(f"\n{'Tandem within each interleaved phase, ÷ that baseline':54} {'text':>6} {'ids':>6} {'one RPC':>8}")
+    for name, ratios in results["within_phase_vs_vllm"].items():
+        cells = ["-" if ratios[k] is None else f"{ratios[k]:.2f}" for k in ("text", "ids", "one_rpc")]
+        print(f"{name:54} {cells[0]:>6} {cells[1]:>6} {cells[2]:>8}")
     if results["fewest_runs_behind_a_median"] < RUNS:
         print(f"\nnote: a median above rests on {results['fewest_runs_behind_a_median']} runs (fewer than {RUNS}: --quick, the time budget or a failed phase)")
     for key in ("tandem_train_tokens_per_second", "peft_train_tokens_per_second", "train_first_step_seconds", "tandem_gib_after_load", "vllm_alone_gib", "lora_sync_ms_max"):
