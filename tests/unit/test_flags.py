@@ -79,19 +79,11 @@ def test_startup_model_from_flag_environment_or_built_in(monkeypatch: pytest.Mon
     assert parse_config(["--model", "tandem/tiny"]).startup_model == "tandem/tiny", "the flag wins over the environment"
 
 
-def test_engine_compile_is_on_unless_the_flag_or_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENGINE_COMPILE_ENV, raising=False)
-    assert parse_config([]).engine_compile is True
-    assert parse_config(["--engine-compile", "off"]).engine_compile is False
-    monkeypatch.setenv(ENGINE_COMPILE_ENV, "off")
-    assert parse_config([]).engine_compile is False
-    assert parse_config(["--engine-compile", "on"]).engine_compile is True
-
-
-def test_train_compile_is_on_unless_the_flag_or_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(TRAIN_COMPILE_ENV, raising=False)
-    assert parse_config([]).train_compile is True
-    assert parse_config(["--train-compile", "off"]).train_compile is False
-    monkeypatch.setenv(TRAIN_COMPILE_ENV, "off")
-    assert parse_config([]).train_compile is False
-    assert parse_config(["--train-compile", "on"]).train_compile is True
+@pytest.mark.parametrize(("flag", "env", "field"), [("--engine-compile", ENGINE_COMPILE_ENV, "engine_compile"), ("--train-compile", TRAIN_COMPILE_ENV, "train_compile")])
+def test_a_compile_switch_is_on_unless_the_flag_or_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch, flag: str, env: str, field: str) -> None:
+    monkeypatch.delenv(env, raising=False)
+    assert getattr(parse_config([]), field) is True
+    assert getattr(parse_config([flag, "off"]), field) is False
+    monkeypatch.setenv(env, "off")
+    assert getattr(parse_config([]), field) is False
+    assert getattr(parse_config([flag, "on"]), field) is True
