@@ -4,7 +4,7 @@
                                     [--cache-dir DIR] [--logs DIR] [--budget 540]
 
 Workload (gpu_workload.py): the built-in 1.1B-shaped model in NF4 with a
-rank-64 LoRA, gpu_memory_utilization 0.3 for every engine; Generate is 256
+rank-64 LoRA, gpu_memory_utilization 0.2 for every engine; Generate is 256
 prompts x 128 token ids in, 256 out, ignore_eos, temperature 1; TrainStep is
 8 x 512 token ids. Phases, in this order:
 
@@ -17,24 +17,29 @@ prompts x 128 token ids in, 256 out, ignore_eos, temperature 1; TrainStep is
    is "vLLM alone with the same settings". It stays up.
 4. ``tandem_warm``: a second server on the same compile cache: LoadModel seconds
    (warm), then one full-size warm-up Generate of each kind.
-5. ``interleave_<baseline>``, for each of the three baselines in its own process
-   (``AsyncLLM`` with 256 concurrent ``generate()`` calls, DELTA outputs; ``LLM.generate``
-   with its engine core in a child process; ``LLM.generate`` in-process): one full-size
-   warm-up run (text: it fills the prefix cache), then Tandem run, baseline run,
-   Tandem run, ... Tandem's runs cycle through 256 concurrent Generate RPCs with
-   text, the same with token_ids_only, and one RPC of 256 prompts; the
-   baseline's alternate between detokenize on and off, 5 runs of each (--quick: 2).
+5. ``baselines_up``: the other baselines start, one after another, beside Tandem and
+   the first, each in its own process (``AsyncLLM`` with 256 concurrent ``generate()``
+   calls, DELTA outputs; ``LLM.generate`` with its engine core in a child process;
+   ``LLM.generate`` in-process), and each makes one full-size warm-up run (text: it
+   fills the prefix cache). All four engines fit on the GPU at once (4 x 0.2).
+6. ``interleave``: rounds of pairs, a Tandem run then a baseline run: in each round
+   every baseline runs with detokenize on, then every baseline with it off, in an
+   order rotated from round to round; Tandem's runs cycle through 256 concurrent
+   Generate RPCs with text, the same with token_ids_only, and one RPC of 256
+   prompts. 5 rounds (--quick: 2): 5 runs of each baseline mode, 10 of each Tandem kind.
 
 ``--part load`` runs phases 1-4 (the server of phase 4 only loads, then stops);
-``--part generate`` runs a server for phase 5 (``tandem_serving``) and phase 5;
-each fits one 10-minute call, and the second, given the same ``--work``, merges
-its figures into the same record and finds the compile cache warm.
+``--part generate`` runs a server (``tandem_serving``) and phases 5-6; each fits
+one 10-minute call, and the second, given the same ``--work``, merges its figures
+into the same record and finds the compile cache warm.
 
 Ratios are medians against medians: Tandem's over all its runs, each baseline's
 over its own, divided by the fastest baseline's (text, or detokenize off for
-token_ids_only). The whole program keeps to --budget seconds: an interleaved
-phase makes fewer pairs of runs when the phases after it would not otherwise
-fit. The record (tests/bench/results/<date>-gpu-<gpu>[-quick].json: GPU,
+token_ids_only). Since every side's runs are spread over the same minutes, the
+machine's drift (it slowed from phase to phase in the fourth H200 run, when the
+baselines ran one after another) reaches them alike. The whole program keeps to
+--budget seconds: the rounds stop early when the next pair would not leave time
+to stop everything. The record (tests/bench/results/<date>-gpu-<gpu>[-quick].json: GPU,
 versions, settings, every run, medians, targets met or missed) and the PNG
 beside it are rewritten after every phase, so a run cut short still leaves
 figures; a table is printed at the end.
@@ -105,6 +110,8 @@ RESERVE_SECONDS = 30.0
 """Kept for the end: stopping the server and the last baseline, the record and the plot."""
 START_ESTIMATE_SECONDS = 60.0
 """A baseline engine's start (warm compile cache) until one has been measured."""
+STOP_SECONDS = 10.0
+"""Stopping one baseline and waiting for its GPU memory."""
 RUN_TIMEOUT_SECONDS = 400.0
 """Deadline of one Generate or TrainStep call: the first TrainStep compiles the trainer's layers (72 s on the H200)."""
 TANDEM_MODES = ("text", "ids", "one_rpc")
@@ -186,7 +193,6 @@ class Record:
     def save(self, with_plot: bool = False) -> None:
         """Write the record with its current figures and verdicts (and redraw the plot)."""
         self.data["results"] = figures(self.data)
-        self.data["results_by_phase"] = figures_by_phase(self.data)
         self.data["targets"] = verdicts(self.data["results"])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.data, indent=2) + "\n")
@@ -545,8 +551,8 @@ class Bench:
     part: str
     """Which part of the program runs: ``all``, ``load`` or ``generate`` (see PARTS)."""
     server: ServerProcess | None = None
-    alive: BaselineProcess | None = None
-    """The baseline started by ``vllm_alone``, until its interleaved phase takes it."""
+    up: dict[str, BaselineProcess] = dataclasses.field(default_factory=dict)
+    """The baselines running, by name: ``vllm_alone`` starts the first, ``baselines_up`` the others."""
     start_estimate: float = START_ESTIMATE_SECONDS
 
     def tandem_cold(self, entry: dict) -> None:
@@ -572,9 +578,9 @@ class Bench:
 
     def vllm_alone(self, entry: dict) -> None:
         """The first baseline on the GPU alone: vLLM's memory with the same settings; it stays up."""
-        self.alive = self.start_baseline(BASELINES[0], entry)
-        self.record.data["vllm_alone"] = {"baseline": BASELINES[0].name, "gpu": self.alive.gpu}
-        self.clock.log(f"vLLM alone ({BASELINES[0].name}): GPU {self.alive.gpu['mib']} MiB ({self.alive.gpu['method']})")
+        alone = self.up[BASELINES[0].name] = self.start_baseline(BASELINES[0], entry)
+        self.record.data["vllm_alone"] = {"baseline": BASELINES[0].name, "gpu": alone.gpu}
+        self.clock.log(f"vLLM alone ({BASELINES[0].name}): GPU {alone.gpu['mib']} MiB ({alone.gpu['method']})")
 
     def tandem_warm(self, entry: dict) -> None:
         """A second server on the same compile cache: warm LoadModel (``tandem_warm``); it stays up to generate
@@ -631,48 +637,64 @@ class Bench:
         self.start_estimate = ready["process_start_seconds"]
         side = self.record.data["baselines"][baseline.name]
         side.update(ready=ready, gpu=process.gpu)
-        entry["start_seconds"] = round(ready["process_start_seconds"], 1)
+        entry.setdefault("start_seconds", {})[baseline.name] = round(ready["process_start_seconds"], 1)
         self.clock.log(
             f"{baseline.name} up in {ready['process_start_seconds']:.1f} s (engine {ready['start_seconds']:.1f} s; "
             f"async scheduling {ready['async_scheduling']}, max_num_batched_tokens {ready['max_num_batched_tokens']})"
         )
         return process
 
-    def interleave(self, baseline: Baseline, later: int, tandem_modes: Iterator[str], entry: dict) -> None:
-        """Warm-ups, then Tandem and this baseline in turn: every pair, or as many as this phase's share of the time left holds."""
+    def baselines_up(self, entry: dict) -> None:
+        """Start every baseline that is not up yet, one after another, each beside Tandem's server and the
+        baselines already up, with one full-size warm-up run (text: it fills the prefix cache)."""
         if self.server is None:
             raise RuntimeError("no Tandem server is up (see phase tandem_warm)")
-        side = self.record.data["baselines"][baseline.name]
-        if self.alive is not None and self.alive.baseline == baseline:
-            process, self.alive = self.alive, None
-        elif self.clock.fits(self.phase_estimate() * (later + 1)):
-            process = self.start_baseline(baseline, entry)
-        else:
-            entry["status"] = "skipped: out of time"
-            return
-        try:
-            side["warmup"].append({**process.run("text"), "at_s": round(self.clock.elapsed(), 1)})
-            sequence = [mode for _ in range(self.runs) for mode in BASELINE_MODES]
-            share_ends = time.monotonic() + self.share_seconds(later)
-            for index, baseline_mode in enumerate(sequence):
-                if index and time.monotonic() + 2 * self.run_estimate() > share_ends:
-                    entry["pairs_cut_to"] = index
-                    self.clock.log(f"{baseline.name}: {index} of {len(sequence)} pairs of runs, this phase's share of the time left")
-                    break
-                tandem_mode = next(tandem_modes)
-                tandem = {**tandem_generate(self.server, tandem_mode), "phase": baseline.name, "at_s": round(self.clock.elapsed(), 1)}
-                self.record.data["tandem"]["runs"].append(tandem)
-                other = {**process.run(baseline_mode), "at_s": round(self.clock.elapsed(), 1)}
-                side["runs"].append(other)
-                self.clock.log(
-                    f"  Tandem {tandem_mode:7} {tandem['tokens_per_second']:8,.0f} tok/s (CPU {tandem['cpu_busy']}) | "
-                    f"{baseline.name} {baseline_mode:4} {other['tokens_per_second']:8,.0f} tok/s"
-                )
-                self.record.save()
-        finally:
-            used = device_used_mib()
-            process.stop()
-            wait_gpu_released(used, process.gpu["mib"], self.clock)
+        for baseline in BASELINES:
+            if baseline.name not in self.up:
+                if not self.clock.fits(self.start_estimate + self.round_estimate(len(self.up) + 1)):
+                    entry.setdefault("skipped", []).append(f"{baseline.name}: out of time")
+                    continue
+                self.up[baseline.name] = self.start_baseline(baseline, entry)
+            side = self.record.data["baselines"][baseline.name]
+            side["warmup"].append({**self.up[baseline.name].run("text"), "at_s": round(self.clock.elapsed(), 1)})
+
+    def interleave(self, entry: dict) -> None:
+        """Rounds of pairs with every baseline up at once: in each round, for each baseline mode, each baseline
+        (in an order rotated from round to round) runs right after a Tandem run, whose modes cycle through
+        TANDEM_MODES. Every side's runs then span the same minutes, so the machine's drift reaches all alike.
+        Rounds stop early when the next pair would not leave time to stop everything."""
+        if self.server is None:
+            raise RuntimeError("no Tandem server is up (see phase tandem_warm)")
+        processes = [self.up[b.name] for b in BASELINES if b.name in self.up]
+        if not processes:
+            raise RuntimeError("no baseline is up (see phase baselines_up)")
+        tandem_modes = itertools.cycle(TANDEM_MODES)
+        ends = time.monotonic() + self.clock.left() - RESERVE_SECONDS - STOP_SECONDS * len(processes)
+        pairs = 0
+        for round_index in range(self.runs):
+            turn = round_index % len(processes)
+            order = processes[turn:] + processes[:turn]
+            for baseline_mode, process in itertools.product(BASELINE_MODES, order):
+                if pairs and time.monotonic() + 2 * self.run_estimate() > ends:
+                    entry["pairs_cut_to"] = pairs
+                    self.clock.log(f"{pairs} of {self.runs * len(BASELINE_MODES) * len(processes)} pairs of runs: the time budget")
+                    return
+                self.pair(process, next(tandem_modes), baseline_mode)
+                pairs += 1
+        entry["pairs"] = pairs
+
+    def pair(self, process: BaselineProcess, tandem_mode: str, baseline_mode: str) -> None:
+        """One Tandem run, then one run of ``process``; both recorded (Tandem's run names its pair's baseline)."""
+        name = process.baseline.name
+        tandem = {**tandem_generate(self.server, tandem_mode), "phase": name, "at_s": round(self.clock.elapsed(), 1)}
+        self.record.data["tandem"]["runs"].append(tandem)
+        other = {**process.run(baseline_mode), "at_s": round(self.clock.elapsed(), 1)}
+        self.record.data["baselines"][name]["runs"].append(other)
+        self.clock.log(
+            f"  Tandem {tandem_mode:7} {tandem['tokens_per_second']:8,.0f} tok/s (CPU {tandem['cpu_busy']}) | "
+            f"{name} {baseline_mode:4} {other['tokens_per_second']:8,.0f} tok/s"
+        )
+        self.record.save()
 
     def run_estimate(self) -> float:
         """Mean seconds of the last four full-size runs, plus a little (a guess before the first)."""
@@ -682,21 +704,16 @@ class Bench:
         recent = [r["seconds"] for r in sorted(runs, key=lambda r: r["at_s"])[-4:]]
         return (statistics.mean(recent) if recent else 10.0) + 0.3
 
-    def phase_estimate(self) -> float:
-        """The least an interleaved phase needs: a start, a warm-up, one pair of runs, a stop."""
-        return self.start_estimate + 3 * self.run_estimate() + 10.0
-
-    def share_seconds(self, later: int) -> float:
-        """This phase's equal share of the time left for pairs of runs, once the ``later`` phases' starts,
-        warm-ups and stops are set aside (it always makes at least one pair)."""
-        overhead = self.start_estimate + self.run_estimate() + 10.0
-        return (self.clock.left() - RESERVE_SECONDS - later * overhead) / (later + 1)
+    def round_estimate(self, baselines: int) -> float:
+        """The least worth starting another baseline for: its warm-up, one round of pairs with ``baselines``
+        baselines, and stopping them."""
+        return (1 + 2 * len(BASELINE_MODES) * baselines) * self.run_estimate() + STOP_SECONDS * baselines
 
     def close(self) -> None:
         """Stop whatever is still up."""
-        if self.alive is not None:
-            self.alive.stop()
-            self.alive = None
+        for process in self.up.values():
+            process.stop()
+        self.up.clear()
         if self.server is not None:
             stop_tandem(self.server, self.clock)
             self.server = None
@@ -727,9 +744,10 @@ def fastest(data: dict, mode: str) -> tuple[str | None, float | None]:
 
 
 def within_phase(data: dict) -> dict[str, dict[str, float | None]]:
-    """Per baseline: Tandem's medians from the runs interleaved with it ÷ that baseline's medians (text and
-    one RPC against its text runs, token ids against its detokenize-off runs). Runs of one phase share the
-    machine's state of the moment, which drifts between phases (BENCHMARKS.md, fourth H200 run)."""
+    """Per baseline: Tandem's medians from the runs paired with it (each right before one of its runs) ÷ that
+    baseline's medians (text and one RPC against its text runs, token ids against its detokenize-off runs),
+    and how many runs each side made. Records before the fifth H200 run paired them in phases, one baseline
+    after another, and the machine's state drifted between phases (BENCHMARKS.md, fourth H200 run)."""
     ratios = {}
     for name, side in data["baselines"].items():
         tandem = [r for r in data["tandem"]["runs"] if r.get("phase") == name]
@@ -738,6 +756,8 @@ def within_phase(data: dict) -> dict[str, dict[str, float | None]]:
             "text": ratio(median_rate(tandem, "text"), text),
             "ids": ratio(median_rate(tandem, "ids"), ids),
             "one_rpc": ratio(median_rate(tandem, "one_rpc"), text),
+            "tandem_runs": len(tandem),
+            "baseline_runs": len(side["runs"]),
         }
     return ratios
 
@@ -799,23 +819,6 @@ def figures(data: dict) -> dict:
     return result
 
 
-def figures_by_phase(data: dict) -> dict:
-    """Per interleaved phase: Tandem's medians in that phase over that baseline's (drift shows here)."""
-    result = {}
-    for name, side in data["baselines"].items():
-        runs = [r for r in data["tandem"]["runs"] if r["phase"] == name]
-        if not runs:
-            continue
-        result[name] = {
-            "tandem_runs": len(runs),
-            "baseline_runs": len(side["runs"]),
-            "text_ratio": ratio(median_rate(runs, "text"), median_rate(side["runs"], "text")),
-            "ids_ratio": ratio(median_rate(runs, "ids"), median_rate(side["runs"], "ids")),
-            "one_rpc_ratio": ratio(median_rate(runs, "one_rpc"), median_rate(side["runs"], "text")),
-        }
-    return result
-
-
 def verdicts(results: dict) -> dict:
     """Each target: the figure, the bound and whether it is met (None until measured)."""
     verdict = {}
@@ -851,7 +854,7 @@ def print_table(data: dict) -> None:
         median = f"{statistics.median(rates):9,.0f}" if rates else f"{'-':>9}"
         print(f"{label:54} {median}  {len(rates)}")
     results = data["results"]
-    print(f"\n{'Tandem within each interleaved phase, ÷ that baseline':54} {'text':>6} {'ids':>6} {'one RPC':>8}")
+    print(f"\n{'Tandem paired with each baseline, ÷ that baseline':54} {'text':>6} {'ids':>6} {'one RPC':>8}")
     for name, ratios in results["within_phase_vs_vllm"].items():
         cells = ["-" if ratios[k] is None else f"{ratios[k]:.2f}" for k in ("text", "ids", "one_rpc")]
         print(f"{name:54} {cells[0]:>6} {cells[1]:>6} {cells[2]:>8}")
@@ -1039,11 +1042,6 @@ def main(argv: list[str] | None = None) -> int:
         for phase in PARTS[args.part]:
             with record.phase(phase, clock) as entry:
                 getattr(bench, phase)(entry)
-        if args.part != "load":
-            tandem_modes = itertools.cycle(TANDEM_MODES)
-            for index, baseline in enumerate(BASELINES):
-                with record.phase(f"interleave_{baseline.name}", clock) as entry:
-                    bench.interleave(baseline, len(BASELINES) - index - 1, tandem_modes, entry)
     finally:
         bench.close()
         record.data["parts"][args.part]["total_seconds"] = round(clock.elapsed(), 1)
@@ -1054,12 +1052,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 PARTS = {
-    "all": ("tandem_cold", "vllm_alone", "tandem_warm"),
+    "all": ("tandem_cold", "vllm_alone", "tandem_warm", "baselines_up", "interleave"),
     "load": ("tandem_cold", "vllm_alone", "tandem_warm"),
-    "generate": ("tandem_serving",),
+    "generate": ("tandem_serving", "baselines_up", "interleave"),
 }
-"""The phases before the interleaved ones, by part (``load`` has none of those; every part starts with
-``setup`` and ``peft``). The parts fit one 10-minute call each; run ``load`` then ``generate`` with the same
+"""The phases of each part, after ``setup`` and ``peft``. The parts fit one 10-minute call each; run ``load`` then ``generate`` with the same
 ``--work`` directory, and the second also finds the compile cache warm."""
 PART_KEYS = {"load": ("peft", "tandem_cold", "vllm_alone", "tandem_warm"), "generate": ("tandem", "baselines", "tandem_serving")}
 """What each part measures in the record; the other part's are kept when a part runs again into the same record."""

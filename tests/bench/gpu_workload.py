@@ -19,9 +19,9 @@ MODEL = "tandem/tinyllama-1.1b-random"
 VOCAB_SIZE = 32000
 LORA_RANK = 64
 LORA_ALPHA = 64.0
-GPU_MEMORY_UTILIZATION = 0.3
-"""Tandem and one vLLM baseline run side by side on one GPU (0.3 of an H200 is 42 GB; the KV cache
-this workload needs is about 2.2 GB)."""
+GPU_MEMORY_UTILIZATION = 0.2
+"""Tandem and the three vLLM baselines run side by side on one GPU (0.2 of an H200 is 28 GB each; the KV
+cache this workload needs is about 2.2 GB)."""
 PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 256, 128, 256
 TEMPERATURE = 1.0
 TRAIN_SEQUENCES, TRAIN_SEQUENCE_TOKENS = 8, 512
