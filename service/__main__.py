@@ -198,7 +198,18 @@ def main() -> None:
 
     config = parse_config()
     configure_process(torch_compile=config.engine_compile, compile_training=config.train_compile)
+    _start_engine_fork_server()
     asyncio.run(serve(config))
+
+
+def _start_engine_fork_server() -> None:
+    """Where vLLM can run, let the engine process's fork server import while the server starts (engine_launch.py)."""
+    from service.runtime.host import vllm_available
+
+    if vllm_available():
+        from service.runtime.engines.engine_launch import start_fork_server
+
+        start_fork_server()
 
 
 if __name__ == "__main__":

@@ -230,7 +230,7 @@ def serve(engine: str, model_dir: Path, adapter_dir: Path) -> None:
     """Keep the protocol on this process's standard output and send everything else printed to standard error."""
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    vllm_backend.configure_process()  # the engine core starts as Tandem's does (spawn)
+    vllm_backend.configure_process()  # vLLM alone: its engine core is spawned, as vLLM starts it
     kwargs = baseline_engine_kwargs(model_dir)
     if engine == "llm":
         serve_llm(kwargs, adapter_dir, protocol)

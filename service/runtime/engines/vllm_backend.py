@@ -20,8 +20,9 @@ CUDA_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 224, 25
 """Decode batch sizes captured as CUDA graphs (vLLM's default captures 35 up to 256, which is most of a
 cold start's graph time; a batch between two sizes runs padded to the next)."""
 PROCESS_ENVIRONMENT = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
-"""Set once at process start (``configure_process``): the engine core starts with ``spawn``, never ``fork``,
-so it inherits none of the gRPC server's threads."""
+"""Set once at process start (``configure_process``): any process vLLM starts from the server is a new
+interpreter, never a ``fork`` of it, so it inherits none of the gRPC server's threads. Tandem's engine core
+itself comes from a fork server (``engine_launch.py``), single-threaded, with its imports done."""
 
 
 @dataclass(frozen=True)

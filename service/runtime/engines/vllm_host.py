@@ -44,7 +44,7 @@ from service.runtime.adapter_slots import AdapterSlots
 from service.runtime.barrier import OrderedBarrier
 from service.runtime.checkpoints import CheckpointStore
 from service.runtime.engines.base import EngineRequest
-from service.runtime.engines import vllm_backend
+from service.runtime.engines import engine_launch, vllm_backend
 from service.runtime.engines.worker_calls import TRAINED_LORA_ID, decode_reply, encode_build, encode_call
 from service.runtime.host_context import HostContext
 from service.runtime.specs import (
@@ -115,6 +115,7 @@ class VllmHost:
             "starting vLLM's engine process: loading the base" + (" as NF4 4-bit" if ctx.spec.load_in_4bit else "") + ", compiling, capturing CUDA graphs",
         )
         args = AsyncEngineArgs(**vllm_backend.engine_kwargs(ctx.spec, ctx.model_dir, vllm_backend.OPTIONS))
+        engine_launch.use_fork_server()
         llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         try:
             ctx.report(LoadPhase.WEIGHTS, "building the trainer in the engine's process over its weights (one copy of the base)")
