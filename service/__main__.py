@@ -207,9 +207,10 @@ def _start_engine_fork_server() -> None:
     from service.runtime.host import vllm_available
 
     if vllm_available():
-        from service.runtime.engines.engine_launch import start_fork_server
+        from service.runtime.engines.engine_launch import fork_server_enabled, start_fork_server
 
-        start_fork_server()
+        if fork_server_enabled():
+            start_fork_server()
 
 
 if __name__ == "__main__":
