@@ -100,9 +100,12 @@ def sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, adapter_n
     return token_logprobs(logits[:, :-1, :], input_ids[:, 1:])
 
 
-def _grads_finite(grads: list[torch.Tensor]) -> bool:
-    """One fused norm and one device sync, instead of a check (and a sync) per tensor."""
-    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+def _finite_norm(grads: list[torch.Tensor]) -> torch.Tensor | None:
+    """The gradients' total L2 norm (a device tensor), or None when it is not finite: one fused norm and one
+    device sync, instead of a check (and a sync) per tensor. Without accumulation it is also the norm the
+    optimizer step clips by."""
+    norm = torch.nn.utils.get_total_norm(grads)
+    return norm if bool(torch.isfinite(norm)) else None
 
 
 def _configure_optimizer(optimizer: torch.optim.AdamW, spec: OptimizerSpec) -> None:
@@ -134,16 +137,25 @@ def _add_accumulated(grads: list[torch.Tensor], accumulated: list[torch.Tensor] 
     return grads
 
 
-def _apply_step(loaded: LoadedModel, summed: list[torch.Tensor], micro_batches: int, spec: OptimizerSpec, rollback: _Rollback) -> float | None:
+def _apply_step(
+    loaded: LoadedModel, summed: list[torch.Tensor], micro_batches: int, spec: OptimizerSpec, rollback: _Rollback, norm: torch.Tensor | None
+) -> float | None:
     """Mean gradient -> clip -> AdamW. Returns the pre-clip norm, or None if non-finite (then nothing changed).
 
-    ``summed`` is scratch (divided in place). The host copy was started before
-    the forward pass (``train_step``); AdamW waits for it here.
+    ``summed`` is scratch (divided in place). ``norm`` is its total norm when already known (a step of one
+    micro-batch: ``_finite_norm`` measured it), else None. The host copy was started before the forward pass
+    (``train_step``); AdamW waits for it here.
     """
+    if micro_batches > 1:
+        torch._foreach_div_(summed, micro_batches)
+        norm = None
     for param, grad in zip(loaded.trainable, summed):
-        param.grad = grad.div_(micro_batches)
+        param.grad = grad
+    if norm is None:
+        norm = torch.nn.utils.get_total_norm(summed)
     max_norm = spec.max_grad_norm if spec.max_grad_norm > 0 else math.inf
-    norm = float(torch.nn.utils.clip_grad_norm_(loaded.trainable, max_norm))
+    torch.nn.utils.clip_grads_with_norm_(loaded.trainable, max_norm, norm)
+    norm = float(norm)
     if not math.isfinite(norm):
         loaded.optimizer.zero_grad(set_to_none=True)
         return None
@@ -201,7 +213,8 @@ def train_step(
                 importance_ratio_mean=output.importance_ratio_mean,
             )
 
-        if grads is None or not _grads_finite(grads):
+        norm = None if grads is None else _finite_norm(grads)
+        if norm is None:
             return result(StepOutcome.SKIPPED_NONFINITE)
         rollback.stage = "gradient accumulation"
         summed = _add_accumulated(grads, state.accumulated)
@@ -212,8 +225,8 @@ def train_step(
 
         rollback.stage = "optimizer step"
         optimizer_started = time.perf_counter()
-        norm = _apply_step(loaded, summed, micro_batches, optimizer_spec, rollback)
-        if norm is None:
+        applied_norm = _apply_step(loaded, summed, micro_batches, optimizer_spec, rollback, norm)
+        if applied_norm is None:
             return result(StepOutcome.SKIPPED_NONFINITE)
         state.accumulated, state.micro_batches = None, 0
         state.step += 1
@@ -222,7 +235,7 @@ def train_step(
         rollback.stage = "adapter sync"
         rollback.synced = True
         sync_s = on_applied(loaded)
-        return result(StepOutcome.APPLIED, grad_norm=norm, optimizer_s=optimizer_s, sync_s=sync_s)
+        return result(StepOutcome.APPLIED, grad_norm=applied_norm, optimizer_s=optimizer_s, sync_s=sync_s)
 
 
 _HOST_MIRRORS = WeakIdKeyDictionary()

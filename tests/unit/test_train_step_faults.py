@@ -186,7 +186,7 @@ def inject(stage: str, monkeypatch: pytest.MonkeyPatch, loaded: LoadedModel, syn
         "forward": (training, "sequence_logprobs"),
         "backward": (torch.autograd, "grad"),
         "accumulate": (training, "_add_accumulated"),
-        "clip": (torch.nn.utils, "clip_grad_norm_"),
+        "clip": (torch.nn.utils, "clip_grads_with_norm_"),
         "optimizer": (loaded.optimizer, "step"),
     }
     if stage == "sync":
