@@ -1,16 +1,19 @@
 """The GPU benchmark's baselines, each in a process of its own (gpu_bench.py starts them).
 
-    python tests/bench/gpu_baselines.py peft --cache-dir DIR --adapter-dir DIR --steps N --json OUT.json
     python tests/bench/gpu_baselines.py serve --engine {llm,async_llm} --cache-dir DIR --adapter-dir DIR
+    python tests/bench/gpu_baselines.py serve --engine peft --cache-dir DIR --adapter-dir DIR
 
-``peft``: a plain PEFT + bitsandbytes training loop on TrainStep's batch
-(forward, cross-entropy, backward, clip to 1.0, AdamW), each step timed; it
-first saves the rank-64 adapter (random non-zero B) that the vLLM baselines
-serve, so LoRA changes what they sample.
+``--engine peft``: a plain PEFT + bitsandbytes training loop on TrainStep's
+batch (forward, cross-entropy, backward, clip to 1.0, AdamW). On start it
+saves the rank-64 adapter (random non-zero B) that the vLLM baselines serve,
+so LoRA changes what they sample, and makes one warm-up step; then each
+``run train`` makes one timed step. gpu_bench.py pairs these steps with
+Tandem's TrainSteps, one after the other, so GPU drift reaches both alike.
+Nothing on this path imports vLLM.
 
-``serve``: vLLM alone on the same model with the engine arguments Tandem uses
+The vLLM engines: vLLM alone on the same model with the engine arguments Tandem uses
 (``vllm_backend.engine_kwargs`` of the same LoadSpec, without Tandem's worker
-extension) and that adapter from its directory, then a line protocol:
+extension) and that adapter from its directory:
 
 - ``llm``: ``LLM.generate`` of all prompts at once; ``VLLM_ENABLE_V1_MULTIPROCESSING``
   decides where the engine core runs (0: in this process, 1: a child process).
@@ -18,10 +21,13 @@ extension) and that adapter from its directory, then a line protocol:
   per prompt, all concurrent, DELTA outputs as Tandem streams them.
 
 Protocol: this process writes JSON lines on its standard output, the first
-``{"event": "ready", ...}`` once the engine is up; then it reads ``run text``
-or ``run ids`` (detokenize off) from its standard input and answers each with
-one ``{"event": "run", ...}`` line (tokens, seconds, tokens_per_second), and
-``quit`` shuts the engine down. vLLM's own output goes to standard error.
+``{"event": "ready", ...}`` once the engine is up (``start_seconds``; the PEFT
+loop adds ``warmup_step_seconds`` and ``tokens_per_step``); then it reads
+commands from its standard input and answers each with one
+``{"event": "run", ...}`` line (mode, tokens, seconds, tokens_per_second):
+``run text`` or ``run ids`` (detokenize off) for the vLLM engines, ``run
+train`` (one timed step) for the PEFT loop; ``quit`` shuts it down. Everything
+else (vLLM's, transformers' output) goes to standard error.
 """
 
 from __future__ import annotations
@@ -32,7 +38,6 @@ import dataclasses
 import itertools
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -57,7 +62,10 @@ from tests.bench.gpu_workload import (  # noqa: E402
 )
 
 MODES = ("text", "ids")
-"""``text``: vLLM detokenizes, as it returns text by default; ``ids``: ``detokenize=False``."""
+"""The vLLM engines' runs. ``text``: vLLM detokenizes, as it returns text by default; ``ids``: ``detokenize=False``."""
+TRAIN_MODES = ("train",)
+"""The PEFT loop's runs: one timed training step."""
+ENGINES = ("llm", "async_llm", "peft")
 LORA_ID = 1
 BASELINE_OPTIONS = dataclasses.replace(vllm_backend.VllmOptions(), torch_compile=True)
 """The vLLM baselines' engine settings: Tandem's, with vLLM's default compilation and CUDA graphs."""
@@ -82,8 +90,9 @@ def baseline_engine_kwargs(model_dir: Path) -> dict[str, Any]:
     return kwargs
 
 
-def run_peft(model_dir: Path, adapter_dir: Path, steps: int) -> dict:
-    """Save the baselines' adapter, then time ``steps`` steps of the plain PEFT loop (the first is a warm-up)."""
+def serve_peft(model_dir: Path, adapter_dir: Path, protocol: IO[str]) -> None:
+    """Save the baselines' adapter and make one warm-up step, then one timed step of the plain PEFT loop per
+    ``run train``, until ``quit``."""
     import torch
 
     from service.runtime.peft_model import attach_lora, load_hf_base
@@ -101,11 +110,14 @@ def run_peft(model_dir: Path, adapter_dir: Path, steps: int) -> dict:
 
     batch = train_batch()
     ids = torch.tensor(batch, device=device)
+    tokens = train_tokens(batch)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=LEARNING_RATE, weight_decay=0.0)  # TrainStep's defaults
     model.train()
-    step_seconds = []
-    for _ in range(steps):
+
+    def step() -> float:
+        """One training step, timed between two device synchronizations: forward with labels (cross-entropy),
+        backward, clip to 1.0, AdamW, zero the gradients."""
         torch.cuda.synchronize()
         step_started = time.perf_counter()
         model(input_ids=ids, labels=ids).loss.backward()
@@ -113,15 +125,11 @@ def run_peft(model_dir: Path, adapter_dir: Path, steps: int) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
-        step_seconds.append(time.perf_counter() - step_started)
-    tokens = train_tokens(batch)
-    rates = [tokens / s for s in step_seconds[1:]]
-    return {
-        "load_seconds": load_seconds,
-        "tokens_per_step": tokens,
-        "step_seconds": step_seconds,
-        "tokens_per_second_median": statistics.median(rates) if rates else None,
-    }
+        return time.perf_counter() - step_started
+
+    ready = {"start_seconds": load_seconds, "warmup_step_seconds": step(), "tokens_per_step": tokens}
+    for mode in commands(protocol, ready, TRAIN_MODES):
+        send(protocol, run_result(mode, tokens, step()))
 
 
 def sampling_params(mode: str, output_kind=None):
@@ -167,7 +175,7 @@ def serve_llm(kwargs: dict[str, Any], adapter_dir: Path, protocol: IO[str]) -> N
         return run_result(mode, sum(len(o.outputs[0].token_ids) for o in outputs), seconds)
 
     try:
-        for mode in commands(protocol, ready):
+        for mode in commands(protocol, ready, MODES):
             send(protocol, run(mode))
     finally:
         llm.llm_engine.engine_core.shutdown()
@@ -201,22 +209,23 @@ async def serve_async_llm(kwargs: dict[str, Any], adapter_dir: Path, protocol: I
         return run_result(mode, sum(counts), time.perf_counter() - run_started)
 
     try:
-        lines = commands(protocol, ready)
+        lines = commands(protocol, ready, MODES)
         while (mode := await asyncio.to_thread(next, lines, None)) is not None:
             send(protocol, await run(mode))
     finally:
         engine.shutdown()
 
 
-def commands(protocol: IO[str], ready: dict):
-    """Announce readiness, then yield the mode of each ``run`` command until ``quit`` or end of input."""
+def commands(protocol: IO[str], ready: dict, modes: tuple[str, ...]):
+    """Announce readiness, then yield the mode of each ``run`` command (one of ``modes``) until ``quit`` or end of input."""
     send(protocol, {"event": "ready", "pid": os.getpid(), "multiprocessing": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING"), **ready})
     for line in sys.stdin:
         words = line.split()
         if words == ["quit"]:
             return
-        if len(words) != 2 or words[0] != "run" or words[1] not in MODES:
-            raise ValueError(f"unknown command {line.strip()!r}: use 'run text', 'run ids' or 'quit'")
+        if len(words) != 2 or words[0] != "run" or words[1] not in modes:
+            accepted = ", ".join(f"'run {mode}'" for mode in modes)
+            raise ValueError(f"unknown command {line.strip()!r}: use {accepted} or 'quit'")
         yield words[1]
 
 
@@ -230,6 +239,9 @@ def serve(engine: str, model_dir: Path, adapter_dir: Path) -> None:
     """Keep the protocol on this process's standard output and send everything else printed to standard error."""
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    if engine == "peft":  # before anything that imports vLLM
+        serve_peft(model_dir, adapter_dir, protocol)
+        return
     vllm_backend.configure_process()  # vLLM alone: its engine core is spawned, as vLLM starts it
     kwargs = baseline_engine_kwargs(model_dir)
     if engine == "llm":
@@ -241,23 +253,16 @@ def serve(engine: str, model_dir: Path, adapter_dir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands_parser = parser.add_subparsers(dest="command", required=True)
-    peft = commands_parser.add_parser("peft", help="the plain PEFT training loop (and the baselines' adapter)")
-    peft.add_argument("--steps", type=int, required=True)
-    peft.add_argument("--json", type=Path, required=True)
-    served = commands_parser.add_parser("serve", help="a vLLM engine answering 'run text' / 'run ids' lines")
-    served.add_argument("--engine", choices=("llm", "async_llm"), required=True)
-    for sub in (peft, served):
-        sub.add_argument("--cache-dir", type=Path, required=True, help="where the built-in model is (made if missing)")
-        sub.add_argument("--adapter-dir", type=Path, required=True)
+    served = commands_parser.add_parser("serve", help="a vLLM engine answering 'run text' / 'run ids' lines, or the PEFT loop answering 'run train'")
+    served.add_argument("--engine", choices=ENGINES, required=True)
+    served.add_argument("--cache-dir", type=Path, required=True, help="where the built-in model is (made if missing)")
+    served.add_argument("--adapter-dir", type=Path, required=True, help="the baselines' adapter (the PEFT loop saves it there)")
     args = parser.parse_args()
     model_dir = ensure_builtin_model(MODEL, args.cache_dir)
-    if args.command == "peft":
-        args.json.write_text(json.dumps(run_peft(model_dir, args.adapter_dir, args.steps), indent=2))
-    else:
-        serve(args.engine, model_dir, args.adapter_dir)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)  # the engine is shut down; skip interpreter teardown, which can hang on vLLM's threads
+    serve(args.engine, model_dir, args.adapter_dir)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # the engine is shut down; skip interpreter teardown, which can hang on vLLM's threads
 
 
 if __name__ == "__main__":

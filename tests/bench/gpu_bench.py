@@ -8,15 +8,23 @@ rank-64 LoRA, gpu_memory_utilization 0.2 for every engine; Generate is 256
 prompts x 128 token ids in, 256 out, ignore_eos, temperature 1; TrainStep is
 8 x 512 token ids. Phases, in this order:
 
-1. ``peft``: a plain PEFT + bitsandbytes loop on TrainStep's batch (gpu_baselines.py,
-   its own process), which also saves the rank-64 adapter the vLLM baselines serve.
-2. ``tandem_cold``: ``python -m service --model none`` with an empty VLLM_CACHE_ROOT:
-   LoadModel seconds (cold), GPU memory of the server's processes (nvidia-smi),
-   TrainSteps (tokens/s, seconds.sync); the server stops.
+1. ``tandem_cold``: ``python -m service --model none`` with an empty VLLM_CACHE_ROOT:
+   LoadModel seconds (cold) and GPU memory of the server's processes (nvidia-smi),
+   read with nothing else on the GPU. Then the plain PEFT + bitsandbytes loop on
+   TrainStep's batch starts beside the server (``gpu_baselines.py serve --engine peft``,
+   its own process): it saves the rank-64 adapter the vLLM baselines serve and makes
+   one warm-up step. Then rounds of pairs, one TrainStep (tokens/s, seconds.sync) then
+   one PEFT step, so the machine's drift reaches both sides alike; the first of each
+   side is a warm-up (Tandem's compiles the trainer's layers). The PEFT process stops,
+   the server's memory after training is read, and the server stops.
+2. ``baselines_adapter``: nothing when the baselines' adapter is there (phase 1 or part
+   ``load`` saved it); otherwise a PEFT process starts only to save it, and stops.
 3. ``vllm_alone``: the first baseline (AsyncLLM) starts on the GPU alone: its memory
    is "vLLM alone with the same settings". It stays up.
 4. ``tandem_warm``: a second server on the same compile cache: LoadModel seconds
-   (warm), then one full-size warm-up Generate of each kind.
+   (warm); then LoadModel once more on that running server (``tandem_reload``: the
+   model is replaced, its engine stopped and a new one started); then one full-size
+   warm-up Generate of each kind.
 5. ``baselines_up``: the other baselines start, one after another, beside Tandem and
    the first, each in its own process (``AsyncLLM`` with 256 concurrent ``generate()``
    calls, DELTA outputs; ``LLM.generate`` with its engine core in a child process;
@@ -28,16 +36,20 @@ prompts x 128 token ids in, 256 out, ignore_eos, temperature 1; TrainStep is
    Generate RPCs with text, the same with token_ids_only, and one RPC of 256
    prompts. 5 rounds (--quick: 2): 5 runs of each baseline mode, 10 of each Tandem kind.
 
-``--part load`` runs phases 1-4 (the server of phase 4 only loads, then stops);
-``--part generate`` runs a server (``tandem_serving``) and phases 5-6; each fits
-one 10-minute call, and the second, given the same ``--work``, merges its figures
-into the same record and finds the compile cache warm.
+``--part load`` runs phases 1-4 (the server of phase 4 only loads and reloads, then
+stops); ``--part generate`` runs phase 2 (the adapter, should part load not have left
+it), a server (``tandem_serving``) and phases 5-6; each fits one 10-minute call, and
+the second, given the same ``--work``, merges its figures into the same record and
+finds the compile cache warm.
 
 Ratios are medians against medians: Tandem's over all its runs, each baseline's
 over its own, divided by the fastest baseline's (text, or detokenize off for
 token_ids_only). Since every side's runs are spread over the same minutes, the
 machine's drift (it slowed from phase to phase in the fourth H200 run, when the
-baselines ran one after another) reaches them alike. The whole program keeps to
+baselines ran one after another) reaches them alike. Likewise train_vs_peft is
+Tandem's median TrainStep tokens/s over PEFT's median over its paired steps (the
+first pair left out), and train_vs_peft_pairs the median of each pair's own ratio
+(PEFT step seconds / TrainStep wall seconds). The whole program keeps to
 --budget seconds: the rounds stop early when the next pair would not leave time
 to stop everything. The record (tests/bench/results/<date>-gpu-<gpu>[-quick].json: GPU,
 versions, settings, every run, medians, targets met or missed) and the PNG
@@ -105,7 +117,7 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * MIB), ("grpc.max_sen
 RUNS, QUICK_RUNS = 5, 2
 """Timed runs of each mode per baseline (Tandem makes as many runs per phase as the baseline)."""
 TRAIN_STEPS, QUICK_TRAIN_STEPS = 20, 6
-"""TrainSteps (and PEFT loop steps), the first a warm-up."""
+"""TrainSteps, each followed by one PEFT loop step; the first pair is a warm-up."""
 RESERVE_SECONDS = 30.0
 """Kept for the end: stopping the server and the last baseline, the record and the plot."""
 START_ESTIMATE_SECONDS = 60.0
@@ -146,6 +158,8 @@ BASELINES = (
     Baseline("llm_in_process", "llm", "0", "LLM.generate, engine core in-process"),
 )
 """The first also measures vLLM alone: AsyncLLM with a child engine core is Tandem's own layout."""
+PEFT = Baseline("peft", "peft", "0", "plain PEFT + bitsandbytes loop")
+"""The PEFT training loop, served by gpu_baselines.py like a baseline ('run train'); not in BASELINES: it does not generate."""
 
 
 # ---------------------------------------------------------------- clock, record
@@ -377,27 +391,24 @@ def model_memory(server: ServerProcess) -> dict:
     return {f.name: getattr(memory, f.name) for f in memory.DESCRIPTOR.fields}
 
 
-def train_steps(server: ServerProcess, steps: int) -> list[dict]:
-    """``steps`` TrainSteps on the benchmark batch: wall seconds, tokens, outcome and the reply's phase seconds."""
+def train_steps(server: ServerProcess, steps: int) -> Iterator[dict]:
+    """``steps`` TrainSteps on the benchmark batch, all on one channel, each yielded as it returns (the caller
+    may run something between two): wall seconds, tokens, outcome and the reply's phase seconds."""
     request = pb.TrainStepRequest(
         sequences=[pb.TrainSequence(token_ids=ids) for ids in train_batch()], optimizer=pb.OptimizerConfig(learning_rate=LEARNING_RATE)
     )
-    result = []
     with grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
         stub = tandem_pb2_grpc.TandemServiceStub(channel)
         for _ in range(steps):
             started = time.perf_counter()
             reply = stub.TrainStep(request, timeout=RUN_TIMEOUT_SECONDS)
-            result.append(
-                {
-                    "wall_seconds": time.perf_counter() - started,
-                    "tokens": reply.tokens,
-                    "outcome": pb.StepOutcome.Name(reply.outcome),
-                    "loss": reply.loss,
-                    "seconds": {f.name: getattr(reply.seconds, f.name) for f in reply.seconds.DESCRIPTOR.fields},
-                }
-            )
-    return result
+            yield {
+                "wall_seconds": time.perf_counter() - started,
+                "tokens": reply.tokens,
+                "outcome": pb.StepOutcome.Name(reply.outcome),
+                "loss": reply.loss,
+                "seconds": {f.name: getattr(reply.seconds, f.name) for f in reply.seconds.DESCRIPTOR.fields},
+            }
 
 
 async def _generate(address: str, mode: str) -> dict:
@@ -456,7 +467,8 @@ def check_tokens(side: str, result: dict) -> None:
 
 
 class BaselineProcess:
-    """A ``gpu_baselines.py serve`` process: its line protocol on stdin/stdout, its log on stderr."""
+    """A ``gpu_baselines.py serve`` process (a vLLM baseline, or the PEFT loop): its line protocol on stdin/stdout,
+    its log on stderr."""
 
     def __init__(self, baseline: Baseline, cache_dir: Path, adapter_dir: Path, logs: Path, env: dict[str, str]) -> None:
         self.baseline = baseline
@@ -498,15 +510,17 @@ class BaselineProcess:
         return message
 
     def wait_ready(self, timeout: float) -> dict:
-        """The ready message (engine start seconds, async scheduling, process id)."""
+        """The ready message (start seconds, process id; a vLLM engine's scheduling, the PEFT loop's warm-up step)."""
         return self._next(timeout)
 
     def run(self, mode: str) -> dict:
-        """One full-size run of ``mode`` (BASELINE_MODES), timed inside the baseline's process."""
+        """One full-size run of ``mode`` (BASELINE_MODES; ``train``: one step of the PEFT loop), timed inside the
+        baseline's process; a generation run must have made every token."""
         self.process.stdin.write(f"run {mode}\n")
         self.process.stdin.flush()
         result = self._next(RUN_TIMEOUT_SECONDS)
-        check_tokens(self.baseline.name, result)
+        if mode in BASELINE_MODES:
+            check_tokens(self.baseline.name, result)
         return result
 
     def stop(self) -> None:
@@ -520,16 +534,6 @@ class BaselineProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)  # our own child's group, by id
         self.process.wait()
-
-
-def run_peft(cache_dir: Path, adapter_dir: Path, logs: Path, env: dict[str, str], steps: int, timeout: float) -> dict:
-    """The plain PEFT loop in its own process (it also saves the baselines' adapter)."""
-    out = logs / "peft.json"
-    argv = [sys.executable, str(REPO / "tests/bench/gpu_baselines.py"), "peft", "--steps", str(steps)]
-    argv += ["--cache-dir", str(cache_dir), "--adapter-dir", str(adapter_dir), "--json", str(out)]
-    with (logs / "peft.log").open("w") as log:
-        subprocess.run(argv, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=timeout)
-    return json.loads(out.read_text())
 
 
 # ---------------------------------------------------------------- the phases
@@ -553,10 +557,14 @@ class Bench:
     server: ServerProcess | None = None
     up: dict[str, BaselineProcess] = dataclasses.field(default_factory=dict)
     """The baselines running, by name: ``vllm_alone`` starts the first, ``baselines_up`` the others."""
+    peft: BaselineProcess | None = None
+    """The PEFT loop's process while it is up (``tandem_cold``, ``baselines_adapter``)."""
     start_estimate: float = START_ESTIMATE_SECONDS
 
     def tandem_cold(self, entry: dict) -> None:
-        """Cold LoadModel, memory with nothing else on the GPU, TrainSteps; the server stops."""
+        """Cold LoadModel and memory with nothing else on the GPU; then the PEFT loop starts beside the server
+        (it saves the baselines' adapter) and TrainSteps pair with its steps, a TrainStep then a PEFT step.
+        The PEFT process stops before the memory after training is read; the server stops."""
         server = start_tandem(self.cache_dir, self.logs, self.env)
         try:
             load = load_model(server, timeout=max(60.0, self.clock.left() - RESERVE_SECONDS))
@@ -565,16 +573,102 @@ class Bench:
             self.record.data["tandem_cold"] = load
             self.clock.log(f"LoadModel cold {load['seconds']:.1f} s ({load['engine']}); GPU {load['gpu']['mib']} MiB ({load['gpu']['method']})")
             self.record.save()
-            steps = train_steps(server, self.steps)
-            load["train"] = steps
+            try:
+                self.start_peft(entry)
+                steps = load["train"] = []
+                with contextlib.closing(train_steps(server, self.steps)) as tandem_steps:
+                    for step in tandem_steps:
+                        steps.append(step)
+                        peft_seconds = self.peft_step(entry)
+                        self.clock.log(
+                            f"  TrainStep {len(steps) - 1:2} {step['wall_seconds']:7.3f} s ({step['outcome']})"
+                            + ("" if peft_seconds is None else f" | PEFT step {peft_seconds:7.3f} s")
+                        )
+            finally:
+                self.stop_peft()
             load["memory_after_train"] = model_memory(server)
             load["gpu_after_train"] = tree_memory(server.process.pid, self.idle_mib)
             median = statistics.median(s["tokens"] / s["wall_seconds"] for s in steps[1:])
             self.clock.log(f"TrainStep {median:,.0f} tok/s (median of {len(steps) - 1}); sync p50 {statistics.median(s['seconds']['sync'] for s in steps[1:]) * 1000:.2f} ms")
+            peft = self.record.data.get("peft", {})
+            if peft.get("tokens_per_second_median") is not None:
+                paired = len(peft["step_seconds"]) - 1
+                self.clock.log(f"PEFT loop {peft['tokens_per_second_median']:,.0f} tok/s (median of {paired}, each step right after a TrainStep)")
         finally:
             used = device_used_mib()
             stop_tandem(server, self.clock)
             wait_gpu_released(used, used - self.idle_mib, self.clock)
+
+    def start_peft(self, entry: dict) -> None:
+        """Start the PEFT loop's process (it saves the baselines' adapter and makes one warm-up step before it is
+        ready) and record it as ``peft``. Should it fail, that is recorded and the TrainSteps run unpaired."""
+        try:
+            self.peft, ready = self.launch(PEFT)
+        except Exception as error:  # noqa: BLE001 - Tandem's TrainSteps still run
+            self.peft_failed(entry, error)
+            return
+        self.record.data["peft"] = {
+            "load_seconds": ready["start_seconds"],
+            "process_start_seconds": ready["process_start_seconds"],
+            "warmup_step_seconds": ready["warmup_step_seconds"],
+            "tokens_per_step": ready["tokens_per_step"],
+            "gpu": self.peft.gpu,
+            "step_seconds": [],
+            "tokens_per_second_median": None,
+            "interleaved_with": "tandem_cold TrainSteps",
+        }
+        entry["peft_start_seconds"] = round(ready["process_start_seconds"], 1)
+        self.clock.log(
+            f"PEFT loop up in {ready['process_start_seconds']:.1f} s (model {ready['start_seconds']:.1f} s, warm-up step "
+            f"{ready['warmup_step_seconds']:.2f} s); GPU {self.peft.gpu['mib']} MiB ({self.peft.gpu['method']})"
+        )
+
+    def peft_step(self, entry: dict) -> float | None:
+        """One step of the PEFT loop, when it is up: its seconds, recorded with the median of every step but the
+        first. Should it fail, that is recorded, the process stops and the TrainSteps go on unpaired."""
+        if self.peft is None:
+            return None
+        try:
+            result = self.peft.run("train")
+        except Exception as error:  # noqa: BLE001 - Tandem's TrainSteps still run
+            self.stop_peft()
+            self.peft_failed(entry, error)
+            return None
+        peft = self.record.data["peft"]
+        peft["step_seconds"].append(result["seconds"])
+        timed = peft["step_seconds"][1:]
+        peft["tokens_per_second_median"] = statistics.median(peft["tokens_per_step"] / s for s in timed) if timed else None
+        return result["seconds"]
+
+    def peft_failed(self, entry: dict, error: Exception) -> None:
+        """Record that the PEFT loop failed (in the phase's entry and the record's ``peft``)."""
+        message = scrub(f"{type(error).__name__}: {error}")
+        entry["peft_error"] = message
+        entry["status"] = "partial: the PEFT loop failed (peft_error); the TrainSteps ran on"
+        self.record.data.setdefault("peft", {})["error"] = message
+        self.clock.log(f"PEFT loop FAILED: {message[-400:]}")
+
+    def stop_peft(self) -> None:
+        """Stop the PEFT loop's process, when one is up, and wait for its GPU memory."""
+        if self.peft is None:
+            return
+        process, self.peft = self.peft, None
+        used = device_used_mib()
+        process.stop()
+        wait_gpu_released(used, process.gpu["mib"], self.clock)
+
+    def baselines_adapter(self, entry: dict) -> None:
+        """The adapter the vLLM baselines serve: ``tandem_cold``'s PEFT process saves it. Where it is missing (part
+        ``generate`` on a new --work, or the PEFT process failed), a PEFT process starts only to save it, and stops."""
+        if (self.adapter_dir / "adapter_config.json").exists():
+            entry["status"] = "skipped: the baselines' adapter is there"
+            return
+        try:
+            self.peft, ready = self.launch(PEFT)
+        finally:
+            self.stop_peft()
+        entry["peft_start_seconds"] = round(ready["process_start_seconds"], 1)
+        self.clock.log(f"the baselines' adapter saved by a PEFT process ({ready['process_start_seconds']:.1f} s)")
 
     def vllm_alone(self, entry: dict) -> None:
         """The first baseline on the GPU alone: vLLM's memory with the same settings; it stays up."""
@@ -583,9 +677,9 @@ class Bench:
         self.clock.log(f"vLLM alone ({BASELINES[0].name}): GPU {alone.gpu['mib']} MiB ({alone.gpu['method']})")
 
     def tandem_warm(self, entry: dict) -> None:
-        """A second server on the same compile cache: warm LoadModel (``tandem_warm``); it stays up to generate
-        (part ``all``) or stops (part ``load``)."""
-        self.start_serving("tandem_warm", entry, warm_up=self.part == "all")
+        """A second server on the same compile cache: warm LoadModel (``tandem_warm``), then LoadModel again on it
+        (``tandem_reload``); it stays up to generate (part ``all``) or stops (part ``load``)."""
+        self.start_serving("tandem_warm", entry, warm_up=self.part == "all", reload=True)
         if self.part == "load":
             self.stop_serving()
 
@@ -593,8 +687,9 @@ class Bench:
         """Part ``generate``: a server for the interleaved phases, its LoadModel recorded as ``tandem_serving``."""
         self.start_serving("tandem_serving", entry, warm_up=True)
 
-    def start_serving(self, key: str, entry: dict, warm_up: bool) -> None:
-        """Start a server and load the model (recorded under ``key``); then one full-size warm-up run of each kind."""
+    def start_serving(self, key: str, entry: dict, warm_up: bool, reload: bool = False) -> None:
+        """Start a server and load the model (recorded under ``key``); with ``reload``, load it once more on the
+        same server (``reload_model``); then one full-size warm-up run of each kind."""
         before = device_used_mib()
         server = start_tandem(self.cache_dir, self.logs, self.env)
         try:
@@ -608,10 +703,36 @@ class Bench:
         self.record.data[key] = load
         self.clock.log(f"LoadModel ({key}) {load['seconds']:.1f} s; vLLM: {load['engine_log']}")
         self.record.save()
+        if reload:
+            self.reload_model(before, load["seconds"], entry)
         for mode in TANDEM_MODES if warm_up else ():
             warmup = {**tandem_generate(self.server, mode), "at_s": round(self.clock.elapsed(), 1)}
             self.record.data["tandem"]["warmup"].append(warmup)
             self.clock.log(f"Tandem warm-up {mode}: {warmup['tokens_per_second']:,.0f} tok/s")
+
+    def reload_model(self, before_mib: int, estimate: float, entry: dict) -> None:
+        """LoadModel again on the running server, recorded as ``tandem_reload``: LoadModel on a loaded server
+        replaces the model (its engine stops, a new one starts). ``self.server`` stays the same process; its
+        memory is read again against ``before_mib``, the device's use before it started. Informational: skipped
+        when ``estimate`` seconds (the load before) would not fit the budget, and a failure is recorded, not raised."""
+        if not self.clock.fits(estimate + STOP_SECONDS):
+            entry["reload"] = "skipped: out of time"
+            self.clock.log("LoadModel (reload) skipped: out of time")
+            return
+        try:
+            load = load_model(self.server, timeout=max(60.0, self.clock.left() - RESERVE_SECONDS))
+            load["gpu"] = tree_memory(self.server.process.pid, before_mib)
+        except Exception as error:  # noqa: BLE001 - the reload is informational; the phase goes on
+            message = scrub(f"{type(error).__name__}: {error}")
+            entry["reload_error"] = message
+            entry["status"] = "partial: the reload failed (reload_error)"
+            self.record.data["tandem_reload"] = {"error": message}
+            self.clock.log(f"LoadModel (reload) FAILED: {message[-400:]}")
+            return
+        entry["reload_seconds"] = load["seconds"]
+        self.record.data["tandem_reload"] = load
+        self.clock.log(f"LoadModel (reload on the same server) {load['seconds']:.1f} s; vLLM: {load['engine_log']}")
+        self.record.save()
 
     def stop_serving(self) -> None:
         """Stop the server started by ``start_serving`` and wait for its GPU memory."""
@@ -622,18 +743,24 @@ class Bench:
             self.server = None
             wait_gpu_released(used, server_mib, self.clock)
 
-    def start_baseline(self, baseline: Baseline, entry: dict) -> BaselineProcess:
-        """Start a baseline engine (never while another engine starts), wait for it, note its GPU memory."""
+    def launch(self, baseline: Baseline) -> tuple[BaselineProcess, dict]:
+        """Start a gpu_baselines.py process (never while another engine starts), wait for its ready message (with
+        ``process_start_seconds`` added) and note its GPU memory; it is stopped again should that fail."""
         started = time.monotonic()
         before = device_used_mib()
         process = BaselineProcess(baseline, self.cache_dir, self.adapter_dir, self.logs, self.env)
         try:
             ready = process.wait_ready(timeout=max(60.0, self.clock.left() - RESERVE_SECONDS))
+            ready["process_start_seconds"] = time.monotonic() - started
+            process.gpu = tree_memory(process.process.pid, before)
         except BaseException:
             process.stop()
             raise
-        ready["process_start_seconds"] = time.monotonic() - started
-        process.gpu = tree_memory(process.process.pid, before)
+        return process, ready
+
+    def start_baseline(self, baseline: Baseline, entry: dict) -> BaselineProcess:
+        """Start a baseline engine, wait for it, note its GPU memory."""
+        process, ready = self.launch(baseline)
         self.start_estimate = ready["process_start_seconds"]
         side = self.record.data["baselines"][baseline.name]
         side.update(ready=ready, gpu=process.gpu)
@@ -711,6 +838,9 @@ class Bench:
 
     def close(self) -> None:
         """Stop whatever is still up."""
+        if self.peft is not None:
+            self.peft.stop()
+            self.peft = None
         for process in self.up.values():
             process.stop()
         self.up.clear()
@@ -792,7 +922,12 @@ def figures(data: dict) -> dict:
     steps = cold.get("train", [])[1:]
     syncs_ms = sorted(s["seconds"]["sync"] * 1000 for s in steps)
     train_rate = statistics.median(s["tokens"] / s["wall_seconds"] for s in steps) if steps else None
-    peft_rate = data.get("peft", {}).get("tokens_per_second_median")
+    peft = data.get("peft", {})
+    peft_rate = peft.get("tokens_per_second_median")
+    # each pair after the first: the PEFT step's seconds over the TrainStep's right before it (same batch, same
+    # tokens); only where the PEFT steps were paired with the TrainSteps (records before that ran them apart)
+    pairs = list(zip(cold.get("train", []), peft.get("step_seconds", []), strict=False))[1:] if peft.get("interleaved_with") else []
+    pair_ratios = [peft_seconds / tandem["wall_seconds"] for tandem, peft_seconds in pairs]
     result.update(
         lora_sync_ms_p50=statistics.median(syncs_ms) if syncs_ms else None,
         lora_sync_ms_max=syncs_ms[-1] if syncs_ms else None,
@@ -801,6 +936,7 @@ def figures(data: dict) -> dict:
         tandem_train_tokens_per_second=train_rate,
         peft_train_tokens_per_second=peft_rate,
         train_vs_peft=ratio(train_rate, peft_rate),
+        train_vs_peft_pairs=statistics.median(pair_ratios) if pair_ratios else None,
         # the warm-up: with --train-compile on, the trainer's layers compile in it
         train_first_step_seconds=first_step[0]["wall_seconds"] if first_step else None,
     )
@@ -815,6 +951,8 @@ def figures(data: dict) -> dict:
         adapter_and_optimizer_gib=(memory["adapter_bytes"] + memory["optimizer_bytes"]) / GIB if memory else None,
         load_seconds_cold=cold.get("seconds"),
         load_seconds_warm=data.get("tandem_warm", {}).get("seconds"),
+        # LoadModel on the warm server that already holds the model (tandem_warm's): the engine is replaced
+        load_seconds_reload=data.get("tandem_reload", {}).get("seconds"),
     )
     return result
 
@@ -860,7 +998,8 @@ def print_table(data: dict) -> None:
         print(f"{name:54} {cells[0]:>6} {cells[1]:>6} {cells[2]:>8}")
     if results["fewest_runs_behind_a_median"] < RUNS:
         print(f"\nnote: a median above rests on {results['fewest_runs_behind_a_median']} runs (fewer than {RUNS}: --quick, the time budget or a failed phase)")
-    for key in ("tandem_train_tokens_per_second", "peft_train_tokens_per_second", "train_first_step_seconds", "tandem_gib_after_load", "vllm_alone_gib", "lora_sync_ms_max"):
+    extra = ("tandem_train_tokens_per_second", "peft_train_tokens_per_second", "train_vs_peft_pairs", "train_first_step_seconds", "load_seconds_reload")
+    for key in extra + ("tandem_gib_after_load", "vllm_alone_gib", "lora_sync_ms_max"):
         value = results[key]
         print(f"{key:54} {'-' if value is None else f'{value:,.2f}':>9}")
 
@@ -1030,15 +1169,6 @@ def main(argv: list[str] | None = None) -> int:
     env = {**child_environment(work / "compile-cache"), "TANDEM_ENGINE_COMPILE": args.engine_compile, "TANDEM_TRAIN_COMPILE": args.train_compile}
     bench = Bench(clock, record, cache_dir, work / "adapter", logs, env, idle_mib, runs, steps, args.part)
     try:
-        with record.phase("peft", clock) as entry:
-            if args.part == "generate" and (bench.adapter_dir / "adapter_config.json").exists():
-                entry["status"] = "skipped: the baselines' adapter is there from part load"
-            else:  # part generate needs only the baselines' adapter: one step
-                peft_steps = 1 if args.part == "generate" else steps
-                peft = run_peft(cache_dir, bench.adapter_dir, logs, bench.env, peft_steps, timeout=max(60.0, clock.left() - RESERVE_SECONDS))
-                if args.part != "generate":
-                    record.data["peft"] = peft
-                    clock.log(f"PEFT loop {peft['tokens_per_second_median']:,.0f} tok/s")
         for phase in PARTS[args.part]:
             with record.phase(phase, clock) as entry:
                 getattr(bench, phase)(entry)
@@ -1052,13 +1182,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 PARTS = {
-    "all": ("tandem_cold", "vllm_alone", "tandem_warm", "baselines_up", "interleave"),
-    "load": ("tandem_cold", "vllm_alone", "tandem_warm"),
-    "generate": ("tandem_serving", "baselines_up", "interleave"),
+    "all": ("tandem_cold", "baselines_adapter", "vllm_alone", "tandem_warm", "baselines_up", "interleave"),
+    "load": ("tandem_cold", "baselines_adapter", "vllm_alone", "tandem_warm"),
+    "generate": ("baselines_adapter", "tandem_serving", "baselines_up", "interleave"),
 }
-"""The phases of each part, after ``setup`` and ``peft``. The parts fit one 10-minute call each; run ``load`` then ``generate`` with the same
+"""The phases of each part, after ``setup``. The parts fit one 10-minute call each; run ``load`` then ``generate`` with the same
 ``--work`` directory, and the second also finds the compile cache warm."""
-PART_KEYS = {"load": ("peft", "tandem_cold", "vllm_alone", "tandem_warm"), "generate": ("tandem", "baselines", "tandem_serving")}
+PART_KEYS = {"load": ("peft", "tandem_cold", "vllm_alone", "tandem_warm", "tandem_reload"), "generate": ("tandem", "baselines", "tandem_serving")}
 """What each part measures in the record; the other part's are kept when a part runs again into the same record."""
 
 
