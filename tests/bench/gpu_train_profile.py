@@ -1,9 +1,11 @@
 """Where a TrainStep's time goes in vLLM's engine process (a diagnostic program, GPU only).
 
-    python tests/bench/gpu_train_profile.py [--steps N] [--json FILE] [--cache-dir DIR]
+    python tests/bench/gpu_train_profile.py [--steps N] [--json FILE] [--cache-dir DIR] [--train-compile on|off]
 
 Loads the 1.1B-shaped model on the vLLM engine (eager: no compile) through the
-controller, then runs ``tests/gpu/probes.train_profile`` in the engine's process:
+controller, with the trainer's layers eager (the default) or compiled as the
+service runs them by default (``--train-compile on``: the first step of each
+loop on the trainer's model then compiles, and is left out of the medians), then runs ``tests/gpu/probes.train_profile`` in the engine's process:
 the full TrainStep path, a plain PEFT forward/backward on the same model and
 batch, a forward alone, and the same on the base loaded again by transformers
 in the same process, then a torch.profiler table of each; then, with the
@@ -37,11 +39,11 @@ from tests.bench.gpu_workload import LORA_ALPHA, LORA_RANK, MODEL  # noqa: E402
 from tests.gpu import probes  # noqa: E402
 
 
-async def profile(steps: int, cache: Path | None) -> dict:
+async def profile(steps: int, cache: Path | None, compile_training: bool) -> dict:
     cache = cache or Path(tempfile.mkdtemp(prefix="tandem-train-profile-"))
     model_dir = ensure_builtin_model(MODEL, cache)
     vllm_backend.OPTIONS = vllm_backend.VllmOptions(enforce_eager=True)
-    vllm_backend.configure_process(compile_training=False)  # the profile takes the eager step apart; gpu_bench.py measures the default
+    vllm_backend.configure_process(compile_training=compile_training)
     controller = Controller(ServerConfig(cache_dir=cache, startup_model=None), Metrics(CollectorRegistry()))
     controller.start()
     spec = LoadSpec(model_name=MODEL, fast_inference=True, gpu_memory_utilization=0.3, lora=LoraSpec(rank=LORA_RANK, alpha=LORA_ALPHA))
@@ -79,8 +81,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where the 1.1B model is made or found (default: a new temporary directory)")
+    parser.add_argument("--train-compile", choices=["on", "off"], default="off", help="the trainer's layers compiled, as the service's default (default off: eager)")
     args = parser.parse_args()
-    text = json.dumps(asyncio.run(profile(args.steps, args.cache_dir)), indent=1)
+    info = asyncio.run(profile(args.steps, args.cache_dir, args.train_compile == "on"))
+    info["train_compile"] = args.train_compile
+    text = json.dumps(info, indent=1)
     print(text)
     if args.json is not None:
         args.json.write_text(text)
