@@ -207,8 +207,9 @@ def main() -> None:
 def _start_engine_fork_server() -> None:
     """Where vLLM is installed, start the engine process's fork server before this process imports torch, so that
     its imports (torch, transformers, vLLM: longer than the server's own start) run beside the server's
-    (engine_launch.py). Started any later, a LoadModel sent as soon as the server answers waited for them: 10 s
-    of the H100 run's 30 s warm LoadModel. Without a GPU the fork server is never used."""
+    (engine_launch.py). Started after those, it made a LoadModel sent as soon as the server answered wait 10 s
+    for them; started first, 2 s (warm LoadModel 29.8 s -> 22.7 s on an H100, BENCHMARKS.md). Without a GPU
+    the fork server is never used."""
     if importlib.util.find_spec("vllm") is None:
         return
     from service.runtime.engines.engine_launch import fork_server_enabled, start_fork_server
