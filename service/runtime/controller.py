@@ -22,7 +22,7 @@ from typing import NamedTuple
 from service.config import Role, ServerConfig
 from service.errors import FailedPrecondition, InvalidArgument, ModelNotLoaded, ResourceExhausted, Unavailable
 from service.metrics import Metrics
-from service.runtime import model_ops
+from service.runtime import heap, model_ops
 from service.runtime.adapter_slots import AdapterSlots
 from service.runtime.checkpoints import CheckpointContents, CheckpointStore
 from service.runtime.device_loop import DeviceLoop
@@ -213,6 +213,7 @@ class Controller:
                 await self._notify_model_change()  # the old model is gone: readiness drops
                 raise
             self._host = host
+            heap.freeze_loaded()
             self._load_seconds = clock.elapsed()
             report(progress, clock, LoadPhase.READY, f"{spec.model_name} loaded with the {kind.value} engine")
             self._metrics.model_load_seconds.set(self._load_seconds)
@@ -226,6 +227,7 @@ class Controller:
         if host is None:
             return
         self._metrics.model_loaded.set(0)
+        heap.thaw()
         await host.shutdown()
 
     def _on_engine_death(self) -> None:
