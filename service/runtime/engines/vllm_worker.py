@@ -35,7 +35,7 @@ LORA_MATMUL_PRECISION = "high"
 
 The only float32 matmuls there are the trainer's LoRA (PEFT keeps A and B in float32 and casts the bf16 input
 up): 1.2 TFLOP per 8 x 512 TrainStep of the 1.1B benchmark model at rank 64, which Hopper's float32 units (67
-TFLOP/s at best) spend about 20 ms on. TF32 keeps float32's range and accumulation and 10 mantissa bits,
+TFLOP/s at best) would spend about 20 ms on (a count, not a measurement). TF32 keeps float32's range and accumulation and 10 mantissa bits,
 more than the bf16 (7 bits) that LoRA's output is rounded to before it is added to the base layer's. vLLM's
 own matmuls are bf16 and its compiled model keeps no guard on this setting, so sampling is unchanged."""
 
