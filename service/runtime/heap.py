@@ -1,4 +1,4 @@
-"""The server process's heap and Python's cyclic garbage collector: what a LoadModel leaves is frozen.
+"""Python's cyclic garbage collector and a process's long-lived heap: what a LoadModel leaves is frozen.
 
 After a LoadModel the server process holds a large, long-lived heap (torch,
 transformers, vLLM's front end, the model where it lives in this process), and
@@ -13,6 +13,11 @@ freeze their start-up heaps the same way.
 Frozen objects are still freed when their reference count drops; only cycles
 among them wait for ``thaw``, which the controller calls before it releases a
 model, so a replaced model's cycles are collected as before.
+
+vLLM's engine process freezes its heap at the end of its own start; the trainer
+built there afterwards (PEFT's modules, the optimizer, the LoRA sync) is frozen
+the same way once built (``vllm_worker.build_trainer``). That process never
+thaws: it lives exactly as long as its model.
 """
 
 from __future__ import annotations

@@ -57,6 +57,7 @@ from tests.bench.gpu_workload import (  # noqa: E402
     TEMPERATURE,
     load_spec,
     prompt_ids,
+    reply_spread,
     train_batch,
     train_tokens,
 )
@@ -196,17 +197,21 @@ async def serve_async_llm(kwargs: dict[str, Any], adapter_dir: Path, protocol: I
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids(PROMPTS, PROMPT_TOKENS)]
     request_ids = itertools.count()
 
-    async def one(prompt, params) -> int:
-        tokens = 0
+    async def one(prompt, params, run_started: float) -> tuple[int, float, float]:
+        """Tokens of one request, and when its first and last outputs came (seconds into the run)."""
+        tokens, first = 0, None
         async for output in engine.generate(prompt, params, f"bench-{next(request_ids)}", lora_request=lora):
+            if first is None:
+                first = time.perf_counter() - run_started
             tokens += len(output.outputs[0].token_ids)
-        return tokens
+        return tokens, first, time.perf_counter() - run_started
 
     async def run(mode: str) -> dict:
         params = sampling_params(mode, RequestOutputKind.DELTA)
         run_started = time.perf_counter()
-        counts = await asyncio.gather(*(one(prompt, params) for prompt in prompts))
-        return run_result(mode, sum(counts), time.perf_counter() - run_started)
+        results = await asyncio.gather(*(one(prompt, params, run_started) for prompt in prompts))
+        result = run_result(mode, sum(r[0] for r in results), time.perf_counter() - run_started)
+        return {**result, "replies": reply_spread([r[1] for r in results], [r[2] for r in results])}
 
     try:
         lines = commands(protocol, ready, MODES)

@@ -65,6 +65,7 @@ import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
+import importlib.util
 import itertools
 import json
 import os
@@ -106,6 +107,7 @@ from tests.bench.gpu_workload import (  # noqa: E402
     load_request,
     load_spec,
     prompt_ids,
+    reply_spread,
     train_batch,
 )
 from tests.bench.gpu_baselines import BASELINE_OPTIONS  # noqa: E402
@@ -421,18 +423,31 @@ async def _generate(address: str, mode: str) -> dict:
         await asyncio.wait_for(channel.channel_ready(), 30)
         stub = tandem_pb2_grpc.TandemServiceStub(channel)
 
-        async def call(request: pb.GenerateRequest) -> tuple[int, int]:
+        first: dict[tuple[int, int], float] = {}
+        last: dict[tuple[int, int], float] = {}
+
+        async def call(number: int, request: pb.GenerateRequest) -> tuple[int, int]:
             tokens = chars = 0
             async for reply in stub.Generate(request, timeout=RUN_TIMEOUT_SECONDS):
+                sample = (number, reply.prompt_index)
+                last[sample] = time.perf_counter() - started
+                first.setdefault(sample, last[sample])
                 tokens += len(reply.token_ids)
                 chars += len(reply.text)
             return tokens, chars
 
         started = time.perf_counter()
-        counts = await asyncio.gather(*(call(request) for request in requests))
+        counts = await asyncio.gather(*(call(number, request) for number, request in enumerate(requests)))
         seconds = time.perf_counter() - started
     tokens = sum(c[0] for c in counts)
-    return {"mode": mode, "tokens": tokens, "text_chars": sum(c[1] for c in counts), "seconds": seconds, "tokens_per_second": tokens / seconds}
+    return {
+        "mode": mode,
+        "tokens": tokens,
+        "text_chars": sum(c[1] for c in counts),
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+        "replies": reply_spread(list(first.values()), list(last.values())),
+    }
 
 
 def tandem_generate(server: ServerProcess, mode: str) -> dict:
@@ -892,6 +907,19 @@ def within_phase(data: dict) -> dict[str, dict[str, float | None]]:
     return ratios
 
 
+def reply_spread_medians(data: dict) -> dict[str, dict[str, float]]:
+    """Per side and mode that timed its samples (Tandem's runs, the AsyncLLM baseline): the median over runs of
+    each ``replies`` figure (``gpu_workload.reply_spread``): when the last sample got its first token, when the
+    first finished, and so on."""
+    sides = {"tandem": data["tandem"]["runs"], **{name: side["runs"] for name, side in data["baselines"].items()}}
+    spread = {}
+    for side, runs in sides.items():
+        for mode in sorted({r["mode"] for r in runs if "replies" in r}):
+            timed = [r["replies"] for r in runs if r["mode"] == mode and "replies" in r]
+            spread[f"{side}_{mode}"] = {key: statistics.median(t[key] for t in timed) for key in timed[0]}
+    return spread
+
+
 def figures(data: dict) -> dict:
     """The headline figures from what the record holds so far (None where not measured)."""
     tandem_runs = data["tandem"]["runs"]
@@ -912,6 +940,7 @@ def figures(data: dict) -> dict:
         generate_ids_vs_vllm=ratio(result["tandem_generate_ids_tokens_per_second"], ids_rate),
         one_rpc_vs_vllm=ratio(result["tandem_one_rpc_tokens_per_second"], text_rate),
         within_phase_vs_vllm=within_phase(data),
+        reply_spread_ms=reply_spread_medians(data),
         fewest_runs_behind_a_median=min(
             [sum(r["mode"] == mode for r in tandem_runs) for mode in TANDEM_MODES]
             + [sum(r["mode"] == mode for r in side["runs"]) for side in data["baselines"].values() for mode in BASELINE_MODES]
@@ -1073,6 +1102,24 @@ def versions() -> dict:
     return result
 
 
+def bytecode_compiled(packages: tuple[str, ...] = ("torch", "vllm", "transformers")) -> dict[str, float | None]:
+    """Per package: the share of its modules that have this interpreter's bytecode (``__pycache__``) on disk.
+
+    An image built with pip has it (pip compiles what it installs); the GPU kit installs with ``--no-compile``,
+    and then the first process that imports a module compiles it, which a cold LoadModel would pay for."""
+    shares: dict[str, float | None] = {}
+    tag = sys.implementation.cache_tag
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            shares[name] = None
+            continue
+        sources = [p for root in spec.submodule_search_locations for p in Path(root).rglob("*.py")]
+        compiled = sum((p.parent / "__pycache__" / f"{p.stem}.{tag}.pyc").exists() for p in sources)
+        shares[name] = round(compiled / len(sources), 3) if sources else None
+    return shares
+
+
 def commit() -> str | None:
     """The checkout's commit (with ``-dirty`` for local changes), when it is a git checkout."""
     try:
@@ -1152,6 +1199,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "commit": commit(),
         "versions": versions(),
+        "bytecode_compiled": {args.part: bytecode_compiled()},
         "settings": settings(args, runs, steps),
         "parts": {},
         "tandem": {"warmup": [], "runs": []},
@@ -1200,6 +1248,7 @@ def merge_part(existing: dict, fresh: dict, part: str) -> dict:
         if key in existing:
             merged[key] = existing[key]
     merged["parts"] = {name: value for name, value in existing.get("parts", {}).items() if name == other}
+    merged["bytecode_compiled"] = {**existing.get("bytecode_compiled", {}), **fresh.get("bytecode_compiled", {})}
     return merged
 
 

@@ -59,3 +59,15 @@ def train_batch() -> list[list[int]]:
 def train_tokens(batch: list[list[int]]) -> int:
     """Tokens with a target in ``batch`` (all but each sequence's first), as TrainStep counts them."""
     return sum(len(ids) - 1 for ids in batch)
+
+
+def reply_spread(first_seconds: list[float], last_seconds: list[float]) -> dict[str, float]:
+    """When the samples of one run got their first and last tokens (ms from the run's start): how long admitting
+    every sample took (``first_max_ms``) and how far apart they finished (``last_min_ms`` to the run's end)."""
+    first, last = sorted(first_seconds), sorted(last_seconds)
+    return {
+        "first_p50_ms": round(1000 * first[len(first) // 2], 1),
+        "first_max_ms": round(1000 * first[-1], 1),
+        "last_min_ms": round(1000 * last[0], 1),
+        "last_p50_ms": round(1000 * last[len(last) // 2], 1),
+    }

@@ -291,3 +291,11 @@ def compiled_and_eager_training(loaded, batch: list[list[int]], timed: int) -> d
         "gradient_relative_gap": float((compiled - reference).norm() / reference.norm()),
         "seconds": seconds,
     }
+
+
+def heap_state(loaded) -> dict:
+    """The engine process's garbage-collector state: objects frozen, and whether the trainer's model is among them."""
+    import gc
+
+    model = loaded.model
+    return {"frozen": gc.get_freeze_count(), "trainer_frozen": not any(o is model for o in gc.get_objects())}

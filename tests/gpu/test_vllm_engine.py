@@ -119,6 +119,8 @@ async def test_the_engine_is_vllm_and_the_trainer_shares_its_base_weights(contro
     assert sharing["not_shared"] == [], f"trainer weights not on vLLM's storage: {sharing['not_shared'][:5]}"
     assert sharing["linear4bit"] == 22 * 7
     assert sharing["base_tensors"] > 0
+    heap = await controller.host.inspect(probes.heap_state)
+    assert heap["trainer_frozen"], f"the trainer built in the engine's process is left to every full collection ({heap['frozen']} objects frozen)"
     engine_pids = [c.pid for c in psutil.Process().children(recursive=True)]
     assert engine_pids, "vLLM's engine core should run in a child process"
     memory = description.memory

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from service.runtime import model_ops
+from service.runtime import heap, model_ops
 from service.runtime.compiled_training import compile_decoder_layers
 from service.runtime.engines.base import BuiltModel
 from service.runtime.engines.lora_buffers import LoraBufferSync, trained_lora_pairs
@@ -149,6 +149,7 @@ def build_trainer(worker, spec: LoadSpec, model_dir: str, compile_training: bool
     model_ops.sync_adapter(loaded)
     worker._tandem_model = loaded
     torch.cuda.empty_cache()  # give back what building the trainer used transiently
+    heap.freeze_loaded()  # vLLM froze its own start-up heap; the trainer built after it joins it
     layers = base.config.num_hidden_layers
     return BuiltTrainer(built.eos_token_ids, built.vocab_size, layers, time.perf_counter() - started)
 
