@@ -68,12 +68,14 @@ def _check_range(field: str, value: float, low: float, high: float, *, low_open:
 
 
 def check_token_ids(field: str, ids: Sequence[int], bounds: ModelBounds) -> None:
-    """Every id must be a token of the model's vocabulary."""
-    for position, token in enumerate(ids):
-        if not 0 <= token < bounds.vocab_size:
-            raise InvalidArgument(
-                f"{field}[{position}]", f"token id {token} is outside the vocabulary [0, {bounds.vocab_size})"
-            )
+    """Every id must be a token of the model's vocabulary; the first that is not is named with its position.
+
+    ``min`` and ``max`` run in C, so a valid prompt or training sequence (the usual case) costs no
+    Python loop over its ids: 256 prompts of 128 ids per call add up on the event loop."""
+    if not ids or (min(ids) >= 0 and max(ids) < bounds.vocab_size):
+        return
+    position, token = next((p, t) for p, t in enumerate(ids) if not 0 <= t < bounds.vocab_size)
+    raise InvalidArgument(f"{field}[{position}]", f"token id {token} is outside the vocabulary [0, {bounds.vocab_size})")
 
 
 def check_adapter_selector(field: str, adapter: str) -> None:
