@@ -275,18 +275,21 @@ class Controller:
                 await self._wait_for_version(host, spec.min_adapter_version, spec.time_remaining)
             pinned = await self._pin_saved_adapter(host, spec.adapter)
             call_id = next(self._call_ids)
+            seed = spec.sampling.seed
+            # sample s of every prompt samples with seed + s: one SamplingSpec per sample index, shared by the prompts
+            per_sample = [replace(spec.sampling, n=1, seed=None if seed is None else (seed + s) % 2**63) for s in range(spec.sampling.n)]
             requests = [
                 EngineRequest(
                     request_id=f"{call_id}-{p}-{s}",
                     prompt_index=p,
                     sample_index=s,
                     prompt_ids=tuple(ids),
-                    sampling=replace(spec.sampling, n=1, seed=None if spec.sampling.seed is None else (spec.sampling.seed + s) % 2**63),
+                    sampling=sampling,
                     adapter=spec.adapter,
                     token_ids_only=spec.token_ids_only,
                 )
                 for p, ids in enumerate(prompts)
-                for s in range(spec.sampling.n)
+                for s, sampling in enumerate(per_sample)
             ]
             started = time.perf_counter()
             first_token = True
