@@ -114,6 +114,7 @@ def generate_spec(request: pb.GenerateRequest, time_remaining: float | None = No
         sampling=sampling_spec(request.sampling),
         adapter=request.adapter,
         token_ids_only=request.token_ids_only,
+        whole_samples=request.whole_samples,
         min_adapter_version=request.min_adapter_version if request.HasField("min_adapter_version") else None,
         time_remaining=time_remaining,
     )

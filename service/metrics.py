@@ -64,7 +64,7 @@ class Metrics:
             "tandem_request_duration_seconds", "RPC latency, by method.", ["rpc"], buckets=LATENCY_BUCKETS, registry=registry
         )
         self.time_to_first_token = Histogram(
-            "tandem_time_to_first_token_seconds", "Generate: seconds from request to the first token.", buckets=LATENCY_BUCKETS, registry=registry
+            "tandem_time_to_first_token_seconds", "Generate: seconds from request to the first token (streamed calls; whole_samples calls are not counted).", buckets=LATENCY_BUCKETS, registry=registry
         )
         self.generated_tokens = Counter("tandem_generated_tokens_total", "Tokens generated.", registry=registry)
         self.trained_tokens = Counter("tandem_trained_tokens_total", "Tokens with non-zero loss weight trained on.", registry=registry)

@@ -1,4 +1,4 @@
-"""Coalescing sample chunks: when a Generate stream falls behind, send fewer, larger messages.
+"""Coalescing sample chunks: when a Generate stream falls behind, send fewer, larger messages; whole samples.
 
 The device loop produces one chunk per sample per engine step. A stream
 forwards them as fast as gRPC writes go; whatever piled up meanwhile is merged
@@ -32,6 +32,24 @@ def coalesce(chunks: list[SampleChunk]) -> list[SampleChunk]:
         key = (chunk.prompt_index, chunk.sample_index)
         merged[key] = merge(merged[key], chunk) if key in merged else chunk
     return list(merged.values())
+
+
+class WholeSamples:
+    """Joins each sample's chunks and lets the sample out once, whole, when it finishes (Generate's
+    ``whole_samples``). An engine that already sends only finished samples passes straight through."""
+
+    def __init__(self) -> None:
+        self._partial: dict[tuple[int, int], SampleChunk] = {}
+
+    def add(self, chunk: SampleChunk) -> SampleChunk | None:
+        """The whole sample when ``chunk`` finishes it, else None (the chunk is kept)."""
+        key = (chunk.prompt_index, chunk.sample_index)
+        earlier = self._partial.pop(key, None)
+        joined = chunk if earlier is None else merge(earlier, chunk)
+        if joined.finish_reason is None:
+            self._partial[key] = joined
+            return None
+        return joined
 
 
 def take_ready(queue: asyncio.Queue, first: SampleChunk | BaseException) -> tuple[list[SampleChunk], BaseException | None]:

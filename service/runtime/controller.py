@@ -25,6 +25,7 @@ from service.metrics import Metrics
 from service.runtime import heap, model_ops
 from service.runtime.adapter_slots import AdapterSlots
 from service.runtime.checkpoints import CheckpointContents, CheckpointStore
+from service.runtime.chunks import WholeSamples
 from service.runtime.device_loop import DeviceLoop
 from service.runtime.engines.base import EngineRequest
 from service.runtime.host import ModelHost, choose_engine, start_host
@@ -287,12 +288,14 @@ class Controller:
                     sampling=sampling,
                     adapter=spec.adapter,
                     token_ids_only=spec.token_ids_only,
+                    whole_sample=spec.whole_samples,
                 )
                 for p, ids in enumerate(prompts)
                 for s, sampling in enumerate(per_sample)
             ]
             started = time.perf_counter()
-            first_token = True
+            first_token = not spec.whole_samples  # a whole sample's first token is not seen apart
+            whole = WholeSamples() if spec.whole_samples else None
             async with aclosing(host.generate(requests)) as steps:
                 async for chunks in steps:
                     for chunk in chunks:
@@ -300,6 +303,8 @@ class Controller:
                             self._metrics.time_to_first_token.observe(time.perf_counter() - started)
                             first_token = False
                         self._metrics.record_generated(len(chunk.token_ids))
+                        if whole is not None and (chunk := whole.add(chunk)) is None:
+                            continue
                         # A saved adapter's samples carry the version it had when it was saved.
                         yield chunk if pinned is None else replace(chunk, adapter_version=pinned.checkpoint.adapter_version)
         finally:

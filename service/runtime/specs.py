@@ -99,6 +99,8 @@ class GenerateSpec:
     adapter: str = ""
     token_ids_only: bool = False
     """Return token ids (and logprobs) only: nothing is detokenized."""
+    whole_samples: bool = False
+    """Yield each sample once, whole, when it finishes, instead of its tokens as they come."""
     min_adapter_version: int | None = None
     """Sample only from this adapter version or a newer one (None: any)."""
     time_remaining: float | None = None

@@ -64,6 +64,19 @@ def test_stream_deltas_join_into_the_collected_text(client: tandem.Client) -> No
     assert "".join(chunk.text for chunk in chunks) == client.generate("The people", sampling=GREEDY)[0].text
 
 
+def test_generate_asks_for_whole_samples_and_the_stream_for_tokens(client: tandem.Client, server: ServerProcess) -> None:
+    def streamed_calls() -> float:  # whole-sample calls have no first token of their own to time
+        return metric(server, "tandem_time_to_first_token_seconds_count")
+
+    before = streamed_calls()
+    [completion] = client.generate("The people", sampling={"max_tokens": 5, "ignore_eos": True})
+    assert len(completion.token_ids) == 5 and streamed_calls() == before
+    list(client.generate_stream("The people", sampling={"max_tokens": 5, "ignore_eos": True}))
+    assert streamed_calls() == before + 1
+    [whole] = client.generate_stream("The people", sampling={"max_tokens": 5, "ignore_eos": True}, whole_samples=True)
+    assert len(whole.token_ids) == 5 and whole.finish_reason == pb.FINISH_REASON_LENGTH and streamed_calls() == before + 1
+
+
 def test_train_step_moves_the_adapter_version_that_samples_report(client: tandem.Client) -> None:
     before = client.get_model().adapter_version
     accumulated = client.train_step([SFT_EXAMPLE], accumulate=True)

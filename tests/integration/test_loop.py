@@ -98,6 +98,22 @@ def test_same_seed_same_tokens(stub):
     assert collect(stub, request)[(0, 0)]["tokens"] != first[(0, 0)]["tokens"]
 
 
+def test_whole_samples_arrive_once_each_as_the_stream_would_join_them(stub):
+    request = pb.GenerateRequest(
+        prompts=[pb.Prompt(text="Water"), pb.Prompt(token_ids=pb.TokenIds(ids=[1, 300, 301]))],
+        sampling=pb.SamplingParams(n=2, max_tokens=6, seed=3, logprobs=2, ignore_eos=True),
+    )
+    streamed = collect(stub, request)
+    request.whole_samples = True
+    messages = list(stub.Generate(request, timeout=60))
+    assert sorted((m.prompt_index, m.sample_index) for m in messages) == sorted(streamed), "one message per sample"
+    for message in messages:
+        joined = streamed[(message.prompt_index, message.sample_index)]
+        assert len(joined["tokens"]) == 6 and message.finish_reason == pb.FINISH_REASON_LENGTH
+        assert list(message.token_ids) == joined["tokens"] and message.text == joined["text"]
+        assert list(message.logprobs) == joined["logprobs"] and message.usage.completion_tokens == 6
+
+
 def test_n_samples_per_prompt_and_token_id_prompts(stub):
     request = pb.GenerateRequest(
         prompts=[pb.Prompt(text="Water"), pb.Prompt(token_ids=pb.TokenIds(ids=[1, 300, 301]))],

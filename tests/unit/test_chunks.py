@@ -2,7 +2,7 @@
 
 import asyncio
 
-from service.runtime.chunks import coalesce, take_ready
+from service.runtime.chunks import WholeSamples, coalesce, take_ready
 from service.runtime.specs import FinishReason, SampleChunk, TokenLogprob
 
 
@@ -27,3 +27,15 @@ async def test_take_ready_drains_what_is_waiting_and_stops_at_an_error():
     assert [c.token_ids for c in ready] == [(1,), (2,)] and raised is error
     assert queue.qsize() == 1
     assert take_ready(queue, await queue.get()) == ([chunk(0, 0, 3, "c")], None)
+
+
+def test_whole_samples_let_each_sample_out_once_when_it_finishes():
+    whole = WholeSamples()
+    assert whole.add(chunk(0, 0, 1, "a")) is None
+    assert whole.add(chunk(0, 1, 9, "x")) is None
+    done = whole.add(chunk(0, 0, 2, "b", FinishReason.LENGTH))
+    assert (done.token_ids, done.text, done.finish_reason) == ((1, 2), "ab", FinishReason.LENGTH)
+    assert [lp.token_id for lp in done.logprobs] == [1, 2]
+    assert whole.add(chunk(0, 0, 5, "again", FinishReason.STOP)).token_ids == (5,), "a finished sample is not kept"
+    alone = chunk(1, 0, 4, "d", FinishReason.STOP)
+    assert whole.add(alone) is alone, "an engine's finished sample passes through as it is"

@@ -35,6 +35,8 @@ class EngineRequest:
     """"" = the trained adapter, "base" = none, else a saved adapter's name."""
     token_ids_only: bool = False
     """Leave text out: nothing is detokenized for this sample."""
+    whole_sample: bool = False
+    """Only the finished sample is wanted: an engine that can may skip its partial outputs."""
 
 
 class TrainerLink(Protocol):

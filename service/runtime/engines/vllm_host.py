@@ -193,7 +193,7 @@ class VllmHost:
         self._llm.output_processor.stream_interval = stream_interval(self._running)
         completion_tokens = 0
         try:
-            async for output in self._llm.generate(prompt, sampling_params(request.sampling, request.token_ids_only), request.request_id, lora_request=selected.lora):
+            async for output in self._llm.generate(prompt, sampling_params(request.sampling, request.token_ids_only, request.whole_sample), request.request_id, lora_request=selected.lora):
                 completion = output.outputs[0]
                 completion_tokens += len(completion.token_ids)
                 finish = _FINISH.get(completion.finish_reason, FinishReason.ABORT) if output.finished else None
@@ -292,8 +292,9 @@ def stream_interval(running: int) -> int:
     return max(1, min(MAX_STREAM_INTERVAL, -(-running // CHUNKS_PER_STEP)))
 
 
-def sampling_params(spec: SamplingSpec, token_ids_only: bool = False) -> SamplingParams:
-    """vLLM's SamplingParams for one sample, streaming deltas (no detokenization for ``token_ids_only``)."""
+def sampling_params(spec: SamplingSpec, token_ids_only: bool = False, whole_sample: bool = False) -> SamplingParams:
+    """vLLM's SamplingParams for one sample: streaming deltas, or only the finished sample for ``whole_sample``
+    (vLLM then makes no partial outputs); no detokenization for ``token_ids_only``."""
     return SamplingParams(
         n=1,
         temperature=spec.temperature,
@@ -307,7 +308,7 @@ def sampling_params(spec: SamplingSpec, token_ids_only: bool = False) -> Samplin
         logprobs=spec.logprobs,
         ignore_eos=spec.ignore_eos,
         detokenize=not token_ids_only,
-        output_kind=RequestOutputKind.DELTA,
+        output_kind=RequestOutputKind.FINAL_ONLY if whole_sample else RequestOutputKind.DELTA,
     )
 
 

@@ -99,17 +99,18 @@ class AsyncClient(ClientBase):
         return reply.model if reply.loaded else None
 
     def generate_stream(
-        self, prompts: Prompts, *, sampling: MessageInput | None = None, adapter: str = "", min_adapter_version: int | None = None, timeout: float | None = None
+        self, prompts: Prompts, *, sampling: MessageInput | None = None, adapter: str = "", min_adapter_version: int | None = None,
+        whole_samples: bool = False, timeout: float | None = None,
     ) -> AsyncIterator[pb.GenerateResponse]:
         """Stream Generate events; see :meth:`tandem.Client.generate_stream`. ``aclose()`` cancels."""
-        request = generate_request(prompts, sampling, adapter, min_adapter_version)
+        request = generate_request(prompts, sampling, adapter, min_adapter_version, whole_samples)
         return self._stream("Generate", request, timeout)
 
     async def generate(
         self, prompts: Prompts, *, sampling: MessageInput | None = None, adapter: str = "", min_adapter_version: int | None = None, timeout: float | None = None
     ) -> list[Completion]:
         """Generate and collect whole completions; see :meth:`tandem.Client.generate` (restarted whole on UNAVAILABLE)."""
-        request = generate_request(prompts, sampling, adapter, min_adapter_version)
+        request = generate_request(prompts, sampling, adapter, min_adapter_version, whole_samples=True)
         async for attempt in self._retrying("Generate", timeout):
             with attempt:
                 collector = CompletionCollector()

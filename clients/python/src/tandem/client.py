@@ -110,22 +110,25 @@ class Client(ClientBase):
         return reply.model if reply.loaded else None
 
     def generate_stream(
-        self, prompts: Prompts, *, sampling: MessageInput | None = None, adapter: str = "", min_adapter_version: int | None = None, timeout: float | None = None
+        self, prompts: Prompts, *, sampling: MessageInput | None = None, adapter: str = "", min_adapter_version: int | None = None,
+        whole_samples: bool = False, timeout: float | None = None,
     ) -> Iterator[pb.GenerateResponse]:
         """Stream Generate events as the engine produces them.
 
         ``prompts`` is one text, or a sequence of texts / token-id lists;
         ``adapter`` is "" (the trained adapter), "base", or a saved checkpoint's
         name; ``min_adapter_version``: sample only from that adapter version or
-        a newer one (a sampler behind it waits for it, within the deadline).
-        Call ``close()`` on the returned iterator (or leave the loop and drop
-        it) to cancel the call; the server stops those sequences. A stream
+        a newer one (a sampler behind it waits for it, within the deadline);
+        ``whole_samples``: each sample arrives once, whole, when it finishes,
+        instead of its tokens as they come (fewer messages). Call ``close()``
+        on the returned iterator (or leave the loop and drop it) to cancel the
+        call; the server stops those sequences. A stream
         that fails with UNAVAILABLE before its first event is retried (on
         another sampler where there are several); once an event has been
         yielded, the failure is raised: starting again would sample anew and
         repeat what was already delivered.
         """
-        request = generate_request(prompts, sampling, adapter, min_adapter_version)
+        request = generate_request(prompts, sampling, adapter, min_adapter_version, whole_samples)
         return self._stream("Generate", request, timeout)
 
     def generate(
@@ -133,12 +136,15 @@ class Client(ClientBase):
     ) -> list[Completion]:
         """Generate and collect whole completions, ordered by prompt then sample index.
 
-        Arguments as for :meth:`generate_stream`. Nothing reaches the caller
-        before the call ends, so a stream that breaks with UNAVAILABLE part-way
-        is started again from the beginning (on another sampler where there
-        are several); what the broken stream produced is dropped, never mixed in.
+        Arguments as for :meth:`generate_stream`. The request asks for whole
+        samples (``whole_samples``): the server sends each sample once, when it
+        finishes, which costs both sides less than a stream of its tokens.
+        Nothing reaches the caller before the call ends, so a stream that
+        breaks with UNAVAILABLE part-way is started again from the beginning
+        (on another sampler where there are several); what the broken stream
+        produced is dropped, never mixed in.
         """
-        request = generate_request(prompts, sampling, adapter, min_adapter_version)
+        request = generate_request(prompts, sampling, adapter, min_adapter_version, whole_samples=True)
         for attempt in self._retrying("Generate", timeout):
             with attempt:
                 collector = CompletionCollector()

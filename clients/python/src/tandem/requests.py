@@ -59,14 +59,18 @@ def prompt(value: PromptInput) -> pb.Prompt:
     raise TypeError(f"a prompt is text, a sequence of token ids or a Prompt, got {value!r}")
 
 
-def generate_request(prompts: Prompts, sampling: MessageInput | None, adapter: str, min_adapter_version: int | None = None) -> pb.GenerateRequest:
-    """A GenerateRequest; a bare string is one text prompt; ``min_adapter_version`` None asks for any version."""
+def generate_request(
+    prompts: Prompts, sampling: MessageInput | None, adapter: str, min_adapter_version: int | None = None, whole_samples: bool = False
+) -> pb.GenerateRequest:
+    """A GenerateRequest; a bare string is one text prompt; ``min_adapter_version`` None asks for any version;
+    ``whole_samples``: each sample comes once, whole, when it finishes (what the collecting ``generate`` asks for)."""
     items: Iterable[PromptInput] = [prompts] if isinstance(prompts, str) else prompts
     return pb.GenerateRequest(
         prompts=[prompt(item) for item in items],
         sampling=as_message(pb.SamplingParams, sampling),
         adapter=adapter,
         min_adapter_version=min_adapter_version,
+        whole_samples=whole_samples,
     )
 
 

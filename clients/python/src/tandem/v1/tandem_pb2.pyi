@@ -307,18 +307,20 @@ class SamplingParams(_message.Message):
     def __init__(self, n: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., seed: _Optional[int] = ..., logprobs: _Optional[int] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompts", "sampling", "adapter", "token_ids_only", "min_adapter_version")
+    __slots__ = ("prompts", "sampling", "adapter", "token_ids_only", "min_adapter_version", "whole_samples")
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_ONLY_FIELD_NUMBER: _ClassVar[int]
     MIN_ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     prompts: _containers.RepeatedCompositeFieldContainer[Prompt]
     sampling: SamplingParams
     adapter: str
     token_ids_only: bool
     min_adapter_version: int
-    def __init__(self, prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., adapter: _Optional[str] = ..., token_ids_only: _Optional[bool] = ..., min_adapter_version: _Optional[int] = ...) -> None: ...
+    whole_samples: bool
+    def __init__(self, prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., adapter: _Optional[str] = ..., token_ids_only: _Optional[bool] = ..., min_adapter_version: _Optional[int] = ..., whole_samples: _Optional[bool] = ...) -> None: ...
 
 class TopLogprob(_message.Message):
     __slots__ = ("token_id", "logprob")
