@@ -18,7 +18,7 @@ extension) and that adapter from its directory:
 - ``llm``: ``LLM.generate`` of all prompts at once; ``VLLM_ENABLE_V1_MULTIPROCESSING``
   decides where the engine core runs (0: in this process, 1: a child process).
 - ``async_llm``: ``AsyncLLM`` (engine core in a child process), one ``generate()``
-  per prompt, all concurrent, DELTA outputs as Tandem streams them.
+  per prompt, all concurrent, FINAL_ONLY outputs as Tandem's whole-sample Generate asks vLLM for them.
 
 Protocol: this process writes JSON lines on its standard output, the first
 ``{"event": "ready", ...}`` once the engine is up (``start_seconds``; the PEFT
@@ -183,7 +183,7 @@ def serve_llm(kwargs: dict[str, Any], adapter_dir: Path, protocol: IO[str]) -> N
 
 
 async def serve_async_llm(kwargs: dict[str, Any], adapter_dir: Path, protocol: IO[str]) -> None:
-    """One concurrent ``AsyncLLM.generate()`` per prompt per run (DELTA outputs), until ``quit``."""
+    """One concurrent ``AsyncLLM.generate()`` per prompt per run (FINAL_ONLY outputs), until ``quit``."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
@@ -207,7 +207,7 @@ async def serve_async_llm(kwargs: dict[str, Any], adapter_dir: Path, protocol: I
         return tokens, first, time.perf_counter() - run_started
 
     async def run(mode: str) -> dict:
-        params = sampling_params(mode, RequestOutputKind.DELTA)
+        params = sampling_params(mode, RequestOutputKind.FINAL_ONLY)
         run_started = time.perf_counter()
         results = await asyncio.gather(*(one(prompt, params, run_started) for prompt in prompts))
         result = run_result(mode, sum(r[0] for r in results), time.perf_counter() - run_started)

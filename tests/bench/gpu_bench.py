@@ -27,14 +27,15 @@ prompts x 128 token ids in, 256 out, ignore_eos, temperature 1; TrainStep is
    warm-up Generate of each kind.
 5. ``baselines_up``: the other baselines start, one after another, beside Tandem and
    the first, each in its own process (``AsyncLLM`` with 256 concurrent ``generate()``
-   calls, DELTA outputs; ``LLM.generate`` with its engine core in a child process;
+   calls, FINAL_ONLY outputs; ``LLM.generate`` with its engine core in a child process;
    ``LLM.generate`` in-process), and each makes one full-size warm-up run (text: it
    fills the prefix cache). All four engines fit on the GPU at once (4 x 0.2).
 6. ``interleave``: rounds of pairs, a Tandem run then a baseline run: in each round
    every baseline runs with detokenize on, then every baseline with it off, in an
    order rotated from round to round; Tandem's runs cycle through 256 concurrent
-   Generate RPCs with text, the same with token_ids_only, and one RPC of 256
-   prompts. 5 rounds (--quick: 2): 5 runs of each baseline mode, 10 of each Tandem kind.
+   Generate RPCs with text, the same with token_ids_only, one RPC of 256 prompts
+   (all three asking for whole samples) and 256 RPCs streaming text. 6 rounds
+   (--quick: 2): 6 runs of each baseline mode, 9 of each Tandem kind.
 
 ``--part load`` runs phases 1-4 (the server of phase 4 only loads and reloads, then
 stops); ``--part generate`` runs phase 2 (the adapter, should part load not have left
@@ -116,7 +117,7 @@ from tests.support.server import ServerProcess, start_server  # noqa: E402
 GIB = 2**30
 MIB = 2**20
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * MIB), ("grpc.max_send_message_length", 64 * MIB)]
-RUNS, QUICK_RUNS = 5, 2
+RUNS, QUICK_RUNS = 6, 2
 """Timed runs of each mode per baseline (Tandem makes as many runs per phase as the baseline)."""
 TRAIN_STEPS, QUICK_TRAIN_STEPS = 20, 6
 """TrainSteps, each followed by one PEFT loop step; the first pair is a warm-up."""
@@ -128,8 +129,10 @@ STOP_SECONDS = 10.0
 """Stopping one baseline and waiting for its GPU memory."""
 RUN_TIMEOUT_SECONDS = 400.0
 """Deadline of one Generate or TrainStep call: the first TrainStep compiles the trainer's layers (72 s on the H200)."""
-TANDEM_MODES = ("text", "ids", "one_rpc")
-"""256 concurrent Generate RPCs returning text; the same with token_ids_only; one Generate RPC of 256 prompts."""
+TANDEM_MODES = ("text", "ids", "one_rpc", "stream")
+"""256 concurrent Generate RPCs returning text; the same with token_ids_only; one Generate RPC of 256 prompts:
+each asks for whole samples (``whole_samples``, as the clients' collecting Generate does). ``stream``: 256
+concurrent RPCs returning text that stream each sample's tokens as they come (no target: what streaming costs)."""
 BASELINE_MODES = ("text", "ids")
 """vLLM detokenizing, as it does by default; ``detokenize=False``."""
 RATIO_TARGETS = {
@@ -418,7 +421,7 @@ async def _generate(address: str, mode: str) -> dict:
     sampling = pb.SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True, temperature=TEMPERATURE)
     prompts = [pb.Prompt(token_ids=pb.TokenIds(ids=ids)) for ids in prompt_ids(PROMPTS, PROMPT_TOKENS)]
     groups = [prompts] if mode == "one_rpc" else [[prompt] for prompt in prompts]
-    requests = [pb.GenerateRequest(prompts=group, sampling=sampling, token_ids_only=mode == "ids") for group in groups]
+    requests = [pb.GenerateRequest(prompts=group, sampling=sampling, token_ids_only=mode == "ids", whole_samples=mode != "stream") for group in groups]
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         stub = tandem_pb2_grpc.TandemServiceStub(channel)
@@ -901,6 +904,7 @@ def within_phase(data: dict) -> dict[str, dict[str, float | None]]:
             "text": ratio(median_rate(tandem, "text"), text),
             "ids": ratio(median_rate(tandem, "ids"), ids),
             "one_rpc": ratio(median_rate(tandem, "one_rpc"), text),
+            "stream": ratio(median_rate(tandem, "stream"), text),
             "tandem_runs": len(tandem),
             "baseline_runs": len(side["runs"]),
         }
@@ -929,6 +933,7 @@ def figures(data: dict) -> dict:
         "tandem_generate_tokens_per_second": median_rate(tandem_runs, "text"),
         "tandem_generate_ids_tokens_per_second": median_rate(tandem_runs, "ids"),
         "tandem_one_rpc_tokens_per_second": median_rate(tandem_runs, "one_rpc"),
+        "tandem_stream_tokens_per_second": median_rate(tandem_runs, "stream"),
     }
     for name, side in data["baselines"].items():
         for mode in BASELINE_MODES:
@@ -939,6 +944,7 @@ def figures(data: dict) -> dict:
         generate_vs_vllm=ratio(result["tandem_generate_tokens_per_second"], text_rate),
         generate_ids_vs_vllm=ratio(result["tandem_generate_ids_tokens_per_second"], ids_rate),
         one_rpc_vs_vllm=ratio(result["tandem_one_rpc_tokens_per_second"], text_rate),
+        stream_vs_vllm=ratio(result["tandem_stream_tokens_per_second"], text_rate),  # no target
         within_phase_vs_vllm=within_phase(data),
         reply_spread_ms=reply_spread_medians(data),
         fewest_runs_behind_a_median=min(
@@ -1021,25 +1027,26 @@ def print_table(data: dict) -> None:
         median = f"{statistics.median(rates):9,.0f}" if rates else f"{'-':>9}"
         print(f"{label:54} {median}  {len(rates)}")
     results = data["results"]
-    print(f"\n{'Tandem paired with each baseline, ÷ that baseline':54} {'text':>6} {'ids':>6} {'one RPC':>8}")
+    print(f"\n{'Tandem paired with each baseline, ÷ that baseline':54} {'text':>6} {'ids':>6} {'one RPC':>8} {'stream':>7}")
     for name, ratios in results["within_phase_vs_vllm"].items():
-        cells = ["-" if ratios[k] is None else f"{ratios[k]:.2f}" for k in ("text", "ids", "one_rpc")]
-        print(f"{name:54} {cells[0]:>6} {cells[1]:>6} {cells[2]:>8}")
+        cells = ["-" if ratios[k] is None else f"{ratios[k]:.2f}" for k in ("text", "ids", "one_rpc", "stream")]
+        print(f"{name:54} {cells[0]:>6} {cells[1]:>6} {cells[2]:>8} {cells[3]:>7}")
     if results["fewest_runs_behind_a_median"] < RUNS:
         print(f"\nnote: a median above rests on {results['fewest_runs_behind_a_median']} runs (fewer than {RUNS}: --quick, the time budget or a failed phase)")
-    extra = ("tandem_train_tokens_per_second", "peft_train_tokens_per_second", "train_vs_peft_pairs", "train_first_step_seconds", "load_seconds_reload")
+    extra = ("stream_vs_vllm", "tandem_train_tokens_per_second", "peft_train_tokens_per_second", "train_vs_peft_pairs", "train_first_step_seconds", "load_seconds_reload")
     for key in extra + ("tandem_gib_after_load", "vllm_alone_gib", "lora_sync_ms_max"):
         value = results[key]
         print(f"{key:54} {'-' if value is None else f'{value:,.2f}':>9}")
 
 
 def generation_rows(data: dict) -> list[tuple[str, list[dict], str]]:
-    """(label, runs, mode) for every generation figure: Tandem's three kinds, then each baseline's two modes."""
+    """(label, runs, mode) for every generation figure: Tandem's four kinds, then each baseline's two modes."""
     tandem = data["tandem"]["runs"]
     rows = [
         (f"Tandem, {PROMPTS} Generate RPCs, text", tandem, "text"),
         (f"Tandem, {PROMPTS} Generate RPCs, token ids only", tandem, "ids"),
         (f"Tandem, one Generate RPC of {PROMPTS} prompts", tandem, "one_rpc"),
+        (f"Tandem, {PROMPTS} Generate RPCs, text streamed", tandem, "stream"),
     ]
     for baseline in BASELINES:
         runs = data["baselines"][baseline.name]["runs"]

@@ -63,7 +63,8 @@ def train_tokens(batch: list[list[int]]) -> int:
 
 def reply_spread(first_seconds: list[float], last_seconds: list[float]) -> dict[str, float]:
     """When the samples of one run got their first and last tokens (ms from the run's start): how long admitting
-    every sample took (``first_max_ms``) and how far apart they finished (``last_min_ms`` to the run's end)."""
+    every sample took (``first_max_ms``) and how far apart they finished (``last_min_ms`` to the run's end).
+    A side that receives whole samples sees each sample once: its first and last are when the sample came."""
     first, last = sorted(first_seconds), sorted(last_seconds)
     return {
         "first_p50_ms": round(1000 * first[len(first) // 2], 1),
