@@ -34,6 +34,7 @@ if not vllm_available():
 from service.runtime.engines.worker_calls import TRAINED_LORA_ID  # noqa: E402
 from service.runtime.specs import (  # noqa: E402
     EngineKind,
+    FinishReason,
     GenerateSpec,
     OptimizerSpec,
     PromptSpec,
@@ -69,8 +70,11 @@ def greedy(max_tokens: int) -> SamplingSpec:
     return SamplingSpec(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, logprobs=0)
 
 
-async def generate(controller: Controller, prompts, sampling: SamplingSpec, adapter: str = "", token_ids_only: bool = False) -> list[SampleChunk]:
-    spec = GenerateSpec(prompts=tuple(PromptSpec(token_ids=tuple(p)) for p in prompts), sampling=sampling, adapter=adapter, token_ids_only=token_ids_only)
+async def generate(
+    controller: Controller, prompts, sampling: SamplingSpec, adapter: str = "", token_ids_only: bool = False, whole_samples: bool = False
+) -> list[SampleChunk]:
+    prompt_specs = tuple(PromptSpec(token_ids=tuple(p)) for p in prompts)
+    spec = GenerateSpec(prompts=prompt_specs, sampling=sampling, adapter=adapter, token_ids_only=token_ids_only, whole_samples=whole_samples)
     return [chunk async for chunk in controller.generate(spec)]
 
 
@@ -156,6 +160,18 @@ async def test_a_lone_sample_streams_every_token_and_a_large_batch_streams_in_ch
         first_chunks.setdefault(chunk.prompt_index, chunk)
     assert all(len(c.token_ids) == 1 for c in first_chunks.values()), "the first token must not wait for a full chunk"
     assert len(batch) < 64 * 64 / 2, f"{len(batch)} chunks for 4096 tokens: a large batch should stream several tokens per chunk"
+
+
+async def test_whole_samples_come_from_vllm_once_each_with_what_the_stream_carries(controller: Controller) -> None:
+    streamed = await generate(controller, [PROMPT] * 4, greedy(32))
+    whole = await generate(controller, [PROMPT] * 4, greedy(32), whole_samples=True)
+    assert sorted(c.prompt_index for c in whole) == [0, 1, 2, 3], "one chunk per sample"
+    for chunk in whole:
+        p = chunk.prompt_index
+        assert chunk.finish_reason is FinishReason.LENGTH and chunk.completion_tokens == 32
+        assert list(chunk.token_ids) == tokens_of(streamed, p)
+        assert chunk.text == "".join(c.text for c in streamed if c.prompt_index == p) != ""
+        assert [lp.logprob for lp in chunk.logprobs] == pytest.approx(logprobs_of(streamed, p), abs=1e-3)
 
 
 async def test_a_cancelled_generate_is_aborted_in_the_engine(controller: Controller) -> None:
