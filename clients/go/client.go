@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	tandemv1 "github.com/tandem-ai/tandem/clients/go/gen/tandem/v1"
 )
@@ -172,17 +173,26 @@ func (c *Client) UnloadModel(ctx context.Context) (bool, error) {
 // with UNAVAILABLE before its first event is started again (on another
 // sampler where there are several); after an event reached onChunk the error
 // is returned, since starting again would sample anew and repeat events.
+// req is sent as it is: set req.WholeSamples to get each sample as one event,
+// whole, when it ends, instead of its tokens as they are produced.
 func (c *Client) GenerateStream(ctx context.Context, req *tandemv1.GenerateRequest, onChunk func(*tandemv1.GenerateResponse) error) error {
 	return c.generate(ctx, req, onChunk, nil)
 }
 
 // Generate collects whole completions, ordered by prompt then sample index.
-// Nothing reaches the caller before the call ends, so a stream that breaks
-// with UNAVAILABLE part-way is started again from the beginning (on another
-// sampler where there are several); what it had produced is dropped.
+// It sends a copy of req with WholeSamples set (req itself is not changed),
+// so each sample arrives once, whole, when it ends. Nothing reaches the
+// caller before the call ends, so a stream that breaks with UNAVAILABLE
+// part-way is started again from the beginning (on another sampler where
+// there are several); what it had produced is dropped.
 func (c *Client) Generate(ctx context.Context, req *tandemv1.GenerateRequest) ([]*Completion, error) {
+	whole := proto.Clone(req).(*tandemv1.GenerateRequest)
+	if whole == nil { // a nil req: sent as an empty request, as GenerateStream sends it
+		whole = &tandemv1.GenerateRequest{}
+	}
+	whole.WholeSamples = true
 	var collector completionCollector
-	if err := c.generate(ctx, req, collector.add, collector.reset); err != nil {
+	if err := c.generate(ctx, whole, collector.add, collector.reset); err != nil {
 		return nil, err
 	}
 	return collector.completions(), nil

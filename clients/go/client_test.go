@@ -6,9 +6,11 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -228,5 +230,119 @@ func TestTokenizeDetokenize(t *testing.T) {
 	_, err = client.Detokenize(ctx, false, []uint32{model.GetVocabSize()})
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "outside the vocabulary") {
 		t.Fatalf("got %v, want InvalidArgument naming the vocabulary", err)
+	}
+}
+
+// recordingServer is an in-process TandemService whose Generate records each
+// request and answers every prompt with one sample of tokens 7, 8: as one
+// event when the request asks for whole samples, else one event per token.
+type recordingServer struct {
+	tandemv1.UnimplementedTandemServiceServer
+	mu       sync.Mutex
+	requests []*tandemv1.GenerateRequest
+}
+
+func (s *recordingServer) Generate(req *tandemv1.GenerateRequest, stream grpc.ServerStreamingServer[tandemv1.GenerateResponse]) error {
+	s.mu.Lock()
+	s.requests = append(s.requests, req)
+	s.mu.Unlock()
+	for i := range req.GetPrompts() {
+		events := []*tandemv1.GenerateResponse{{TokenIds: []uint32{7}, Text: "a"}, {TokenIds: []uint32{8}, Text: "b"}}
+		if req.GetWholeSamples() {
+			events = []*tandemv1.GenerateResponse{{TokenIds: []uint32{7, 8}, Text: "ab"}}
+		}
+		last := events[len(events)-1]
+		last.FinishReason = tandemv1.FinishReason_FINISH_REASON_LENGTH
+		last.Usage = &tandemv1.Usage{PromptTokens: 3, CompletionTokens: 2}
+		for _, event := range events {
+			event.PromptIndex = uint32(i)
+			if err := stream.Send(event); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// received returns the Generate requests the server has seen, in order.
+func (s *recordingServer) received() []*tandemv1.GenerateRequest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*tandemv1.GenerateRequest(nil), s.requests...)
+}
+
+// recordingClient starts a recordingServer on a local port and connects to it.
+func recordingClient(t *testing.T) (*tandem.Client, *recordingServer) {
+	t.Helper()
+	listener, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := &recordingServer{}
+	server := grpc.NewServer()
+	tandemv1.RegisterTandemServiceServer(server, fake)
+	go server.Serve(listener)
+	t.Cleanup(server.Stop)
+	client, err := tandem.New(listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	return client, fake
+}
+
+func TestGenerateAsksForWholeSamplesOnACopy(t *testing.T) {
+	client, fake := recordingClient(t)
+	ctx := context.Background()
+	req := greedy(2, "The people", "A cat")
+	asked := proto.Clone(req)
+
+	completions, err := client.Generate(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(completions) != 2 || completions[1].PromptIndex != 1 || completions[0].Text != "ab" || len(completions[0].TokenIDs) != 2 ||
+		completions[0].FinishReason != tandemv1.FinishReason_FINISH_REASON_LENGTH || completions[0].CompletionTokens != 2 {
+		t.Fatalf("completions %+v", completions)
+	}
+	if !proto.Equal(req, asked) {
+		t.Fatalf("Generate changed the caller's request to %v", req)
+	}
+	sent := fake.received()[0]
+	if !sent.GetWholeSamples() {
+		t.Fatalf("Generate sent %v without whole_samples", sent)
+	}
+	if sent.WholeSamples = false; !proto.Equal(sent, asked) {
+		t.Fatalf("Generate sent %v, want the caller's %v with whole_samples", sent, asked)
+	}
+
+	if _, err := client.Generate(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if sent := fake.received()[1]; !sent.GetWholeSamples() {
+		t.Fatalf("Generate(nil) sent %v without whole_samples", sent)
+	}
+}
+
+func TestGenerateStreamSendsTheRequestAsItIs(t *testing.T) {
+	client, fake := recordingClient(t)
+	for _, whole := range []bool{false, true} {
+		req := greedy(2, "The people")
+		req.WholeSamples = whole
+		events := 0
+		err := client.GenerateStream(context.Background(), req, func(*tandemv1.GenerateResponse) error {
+			events++
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent := fake.received()
+		if got := sent[len(sent)-1]; !proto.Equal(got, req) {
+			t.Fatalf("GenerateStream sent %v, want %v", got, req)
+		}
+		if want := map[bool]int{false: 2, true: 1}[whole]; events != want {
+			t.Fatalf("whole_samples=%v: %d events, want %d", whole, events, want)
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/stats"
 
 	tandem "github.com/tandem-ai/tandem/clients/go"
 	tandemv1 "github.com/tandem-ai/tandem/clients/go/gen/tandem/v1"
@@ -60,6 +61,19 @@ func waitFor(t *testing.T, what string, condition func() bool) {
 	}
 }
 
+// streamCounter counts the Generate streams (each attempt) a client sends.
+type streamCounter struct{ streams *atomic.Int32 }
+
+func (c streamCounter) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
+	if info.FullMethodName == tandemv1.TandemService_Generate_FullMethodName {
+		c.streams.Add(1)
+	}
+	return ctx
+}
+func (streamCounter) HandleRPC(context.Context, stats.RPCStats)                         {}
+func (streamCounter) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (streamCounter) HandleConn(context.Context, stats.ConnStats)                       {}
+
 // TestSamplerReplicasSpreadAndSurviveAKill runs against two live servers:
 // $TANDEM_SAMPLERS (their addresses, comma-separated), and of the second its
 // process id $TANDEM_VICTIM_PID and metrics URL $TANDEM_VICTIM_METRICS. It
@@ -71,14 +85,11 @@ func TestSamplerReplicasSpreadAndSurviveAKill(t *testing.T) {
 	if len(addrs) != 2 || victimMetrics == "" || err != nil {
 		t.Skip("TANDEM_SAMPLERS, TANDEM_VICTIM_PID and TANDEM_VICTIM_METRICS are not set (tests/clients/test_go_client.py sets them)")
 	}
-	var streams atomic.Int32 // Generate streams the client opened, each restart included
-	countStreams := grpc.WithStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-		if method == tandemv1.TandemService_Generate_FullMethodName {
-			streams.Add(1)
-		}
-		return streamer(ctx, desc, cc, method, opts...)
-	})
-	client, err := tandem.New(addrs[0], tandem.WithSamplers(addrs...), tandem.WithDialOptions(countStreams))
+	// Generate streams sent to a server, each restart included: the client's
+	// own, and gRPC's retry of a stream that broke before its first response
+	// (a Generate with whole samples has none until a sample ends).
+	var streams atomic.Int32
+	client, err := tandem.New(addrs[0], tandem.WithSamplers(addrs...), tandem.WithDialOptions(grpc.WithStatsHandler(streamCounter{&streams})))
 	if err != nil {
 		t.Fatal(err)
 	}
