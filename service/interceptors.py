@@ -149,10 +149,21 @@ class ErrorsAndMetricsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics, gate: CallGate) -> None:
         self._metrics = metrics
         self._gate = gate
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        """Each method's handler as this interceptor wraps it, built on the method's first call (a method's
+        handler never changes), so a call costs one lookup."""
 
     async def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = self._wrap(method, await continuation(handler_call_details))
+            if handler is not None:
+                self._handlers[method] = handler
+        return handler
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+        """The handler a TandemService method runs with (the others' pass through as they are)."""
         if handler is None or not method.startswith(SERVICE_PREFIX):
             return handler
         rpc = method[len(SERVICE_PREFIX):]

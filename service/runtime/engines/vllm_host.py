@@ -26,6 +26,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -165,8 +166,13 @@ class VllmHost:
         """Run the samples through AsyncLLM and yield what arrived, as it arrives."""
         async with self._barrier.shared():
             self._require_alive()
+            if len(requests) == 1:  # one sample (most calls under load): no task and queue in between
+                async with aclosing(self._sample(requests[0])) as chunks:
+                    async for chunk in chunks:
+                        yield [chunk]
+                return
             arrived: asyncio.Queue[SampleChunk | BaseException] = asyncio.Queue()
-            tasks = [asyncio.create_task(self._stream(request, arrived)) for request in requests]
+            tasks = [asyncio.create_task(self._forward(request, arrived)) for request in requests]
             unfinished = len(requests)
             try:
                 while unfinished:
@@ -185,30 +191,39 @@ class VllmHost:
                     task.cancel()  # AsyncLLM aborts a request whose generate() is cancelled
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _stream(self, request: EngineRequest, arrived: asyncio.Queue) -> None:
-        """One sample: AsyncLLM's outputs as SampleChunks into ``arrived`` (or the error that ended it)."""
-        selected = self._select(request.adapter)
-        prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids), cache_salt=selected.salt)
-        self._running += 1
-        self._llm.output_processor.stream_interval = stream_interval(self._running)
-        completion_tokens = 0
+    async def _forward(self, request: EngineRequest, arrived: asyncio.Queue) -> None:
+        """One sample's chunks into ``arrived``, then the error that ended it, if one did."""
         try:
-            async for output in self._llm.generate(prompt, sampling_params(request.sampling, request.token_ids_only, request.whole_sample), request.request_id, lora_request=selected.lora):
-                completion = output.outputs[0]
-                completion_tokens += len(completion.token_ids)
-                finish = _FINISH.get(completion.finish_reason, FinishReason.ABORT) if output.finished else None
-                arrived.put_nowait(_chunk(request, completion, finish, completion_tokens, selected.version))
-        except asyncio.CancelledError:
-            raise
-        except EngineDeadError:
-            arrived.put_nowait(Unavailable(ENGINE_DIED))
-        except ValueError as error:  # vLLM's request validation
-            arrived.put_nowait(InvalidArgument("prompts", str(error)))
+            async for chunk in self._sample(request):
+                arrived.put_nowait(chunk)
         except TandemError as error:
             arrived.put_nowait(error)
-        except Exception as error:  # noqa: BLE001 - handed to the caller as INTERNAL with the engine's words
+
+    async def _sample(self, request: EngineRequest) -> AsyncIterator[SampleChunk]:
+        """One sample: AsyncLLM's outputs as SampleChunks; what fails it is raised as a TandemError. Closing
+        the iterator (or cancelling its task) closes AsyncLLM's generate(), which aborts the request."""
+        self._running += 1
+        try:
+            selected = self._select(request.adapter)
+            prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids), cache_salt=selected.salt)
+            self._llm.output_processor.stream_interval = stream_interval(self._running)
+            params = sampling_params(request.sampling, request.token_ids_only, request.whole_sample)
+            completion_tokens = 0
+            async with aclosing(self._llm.generate(prompt, params, request.request_id, lora_request=selected.lora)) as outputs:
+                async for output in outputs:
+                    completion = output.outputs[0]
+                    completion_tokens += len(completion.token_ids)
+                    finish = _FINISH.get(completion.finish_reason, FinishReason.ABORT) if output.finished else None
+                    yield _chunk(request, completion, finish, completion_tokens, selected.version)
+        except TandemError:
+            raise
+        except EngineDeadError:
+            raise Unavailable(ENGINE_DIED) from None
+        except ValueError as error:  # vLLM's request validation
+            raise InvalidArgument("prompts", str(error)) from None
+        except Exception as error:
             log.exception("vLLM failed request %s", request.request_id)
-            arrived.put_nowait(EngineFailed(f"the vLLM engine failed this request: {type(error).__name__}: {error}"))
+            raise EngineFailed(f"the vLLM engine failed this request: {type(error).__name__}: {error}") from error
         finally:
             self._running -= 1
 
