@@ -1,0 +1,294 @@
+"""What the server process spends per Generate call, apart from the engine (a CPU diagnostic).
+
+    python tests/bench/front_cost.py [--bursts 10] [--rounds 3] [--source DIR ...] [--out DIR]
+
+The GPU benchmark (gpu_bench.py) cannot tell the front process's per-call cost from the engine's
+step. This program measures it on any machine: the real gRPC server (``service.server.start_server``:
+interceptors, servicer, controller) and the real ``VllmHost`` of each source tree, in front of a
+stand-in for vLLM's ``AsyncLLM`` that answers each request at once with 256 tokens, in three DELTA
+outputs (what vLLM's output processor sends for a 256-token sample at 256 running samples, stream
+interval 128) or, for FINAL_ONLY, one. The stand-in is the only part that is not real; without a
+GPU there is no vLLM to run.
+
+Sides, each a server process of its own, their bursts alternated in rounds:
+
+- every ``--source`` tree (default: this checkout; another commit: ``git worktree add DIR COMMIT``)
+  on uvloop, as ``python -m service`` runs, and on asyncio's own loop;
+- ``bare``: a grpc.aio server on uvloop whose Generate writes one response per prompt: gRPC's own floor.
+
+A burst is 256 concurrent Generate RPCs of one 128-token prompt (``many``) or one RPC of 256 prompts
+(``one_rpc``), streamed or asking for whole samples, sent by a grpc.aio client in this process, as
+the GPU benchmark's client sends them. Per side and kind: medians over the bursts of the server
+process's CPU per sample, this client's CPU per sample and the burst's wall time. Writes
+``<date>-front-cost.json`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO / "clients/python/src")]
+
+import grpc  # noqa: E402
+from tandem.v1 import tandem_pb2 as pb  # noqa: E402
+from tandem.v1 import tandem_pb2_grpc  # noqa: E402
+
+SAMPLES, PROMPT_TOKENS, NEW_TOKENS = 256, 128, 256
+STREAMED_OUTPUTS = 3
+"""DELTA outputs per sample: the first token, then one per stream interval (128 at 256 running), then the rest."""
+KINDS = ("many", "one_rpc")
+WHOLE = (False, True)
+
+
+# ---------------------------------------------------------------- the server side (subcommands)
+
+
+def install_stand_in_vllm() -> type:
+    """Put stand-ins for the vLLM names ``vllm_host`` imports into ``sys.modules``; returns the AsyncLLM stand-in."""
+
+    class SamplingParams:
+        def __init__(self, **fields) -> None:
+            self.__dict__.update(fields)
+
+    class RequestOutputKind:
+        CUMULATIVE, DELTA, FINAL_ONLY = 0, 1, 2
+
+    class LoRARequest:
+        def __init__(self, lora_name: str, lora_int_id: int, lora_path: str = "") -> None:
+            self.lora_name, self.lora_int_id, self.lora_path = lora_name, lora_int_id, lora_path
+
+    class Completion(types.SimpleNamespace):
+        pass
+
+    class StandInAsyncLLM:
+        """Answers every request with NEW_TOKENS tokens: STREAMED_OUTPUTS outputs (DELTA) or one (FINAL_ONLY)."""
+
+        errored = False
+
+        def __init__(self) -> None:
+            self.output_processor = types.SimpleNamespace(stream_interval=1)
+
+        async def generate(self, prompt, params, request_id, lora_request=None):
+            outputs = 1 if params.output_kind == RequestOutputKind.FINAL_ONLY else STREAMED_OUTPUTS
+            sizes = [1] * (outputs - 1) + [NEW_TOKENS - (outputs - 1)] if outputs > 1 else [NEW_TOKENS]
+            for index, size in enumerate(sizes):
+                await asyncio.sleep(0)
+                last = index == len(sizes) - 1
+                completion = Completion(token_ids=list(range(size)), text="" if not params.detokenize else "x" * size, logprobs=None, finish_reason="length" if last else None)
+                yield types.SimpleNamespace(outputs=[completion], finished=last)
+
+        def shutdown(self) -> None:
+            pass
+
+    names = {
+        "vllm": {"SamplingParams": SamplingParams},
+        "vllm.engine": {},
+        "vllm.engine.arg_utils": {"AsyncEngineArgs": dict},
+        "vllm.inputs": {"TokensPrompt": dict},
+        "vllm.lora": {},
+        "vllm.lora.request": {"LoRARequest": LoRARequest},
+        "vllm.sampling_params": {"RequestOutputKind": RequestOutputKind},
+        "vllm.v1": {},
+        "vllm.v1.engine": {},
+        "vllm.v1.engine.async_llm": {"AsyncLLM": StandInAsyncLLM},
+        "vllm.v1.engine.exceptions": {"EngineDeadError": type("EngineDeadError", (Exception,), {})},
+    }
+    for name, attributes in names.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attributes)
+        sys.modules[name] = module
+    return StandInAsyncLLM
+
+
+async def serve_tandem(source: Path) -> None:
+    """The server of ``source`` with its VllmHost over the stand-in engine (LoadModel with fast_inference=false
+    builds it: the tiny model's local host answers model calls, the stand-in samples)."""
+    sys.path[:0] = [str(source)]
+    stand_in = install_stand_in_vllm()
+    from service.config import ServerConfig
+    from service.runtime import host
+    from service.runtime.engines.vllm_host import VllmHost
+    from service.runtime.local_host import LocalHost
+    from service.runtime.specs import EngineKind
+    from service.server import start_server
+
+    class StandInHost(VllmHost):
+        @classmethod
+        async def start(cls, ctx):
+            local = await LocalHost.start(ctx)
+            front = cls(stand_in(), ctx, local.bounds, local.eos_token_ids, local.adapter_version)
+            front.call, front.inspect = local.call, local.inspect
+            return front
+
+    globals()["StandInHost"] = StandInHost
+    host._HOST_MODULES[EngineKind.TRANSFORMERS] = (__name__, "StandInHost")
+    cache = Path(tempfile.gettempdir()) / "tandem-front-cost"
+    running = await start_server(ServerConfig(port=0, metrics_port=0, startup_model=None, cache_dir=cache))
+    print(f"PORT {running.port}", flush=True)
+    await asyncio.Event().wait()
+
+
+async def serve_bare() -> None:
+    """A grpc.aio server whose Generate writes one 256-token response per prompt: what gRPC alone costs."""
+
+    class Bare(tandem_pb2_grpc.TandemServiceServicer):
+        async def Generate(self, request, context):
+            for index in range(len(request.prompts)):
+                await context.write(pb.GenerateResponse(prompt_index=index, token_ids=list(range(NEW_TOKENS)), finish_reason=pb.FINISH_REASON_LENGTH))
+
+    server = grpc.aio.server()
+    tandem_pb2_grpc.add_TandemServiceServicer_to_server(Bare(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"PORT {port}", flush=True)
+    await server.wait_for_termination()
+
+
+# ---------------------------------------------------------------- the client side
+
+
+@dataclass
+class Side:
+    """One server process."""
+
+    name: str
+    process: subprocess.Popen
+    address: str
+    tandem: bool
+
+
+def start_side(name: str, command: list[str], tandem: bool) -> Side:
+    process = subprocess.Popen([sys.executable, __file__, *command], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+    for line in process.stdout:
+        if line.startswith("PORT "):
+            return Side(name, process, f"127.0.0.1:{line.split()[1]}", tandem)
+    raise RuntimeError(f"{name}: the server exited with {process.wait()} before binding")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def requests(kind: str, whole: bool) -> list[pb.GenerateRequest]:
+    sampling = pb.SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True, temperature=1.0)
+    prompts = [pb.Prompt(token_ids=pb.TokenIds(ids=[3 + (i * 7 + j) % 900 for j in range(PROMPT_TOKENS)])) for i in range(SAMPLES)]
+    groups = [prompts] if kind == "one_rpc" else [[p] for p in prompts]
+    return [pb.GenerateRequest(prompts=group, sampling=sampling, whole_samples=whole) for group in groups]
+
+
+async def burst(stub, batch: list[pb.GenerateRequest]) -> int:
+    async def call(request: pb.GenerateRequest) -> int:
+        return sum([len(reply.token_ids) async for reply in stub.Generate(request, timeout=60)])
+
+    return sum(await asyncio.gather(*(call(r) for r in batch)))
+
+
+async def measure(side: Side, kind: str, whole: bool, bursts: int) -> list[dict]:
+    """``bursts`` timed bursts (after one untimed) of one kind against one side."""
+    batch = requests(kind, whole)
+    results = []
+    async with grpc.aio.insecure_channel(side.address) as channel:
+        stub = tandem_pb2_grpc.TandemServiceStub(channel)
+        await burst(stub, batch)
+        for _ in range(bursts):
+            server_before, client_before, started = cpu_seconds(side.process.pid), time.process_time(), time.perf_counter()
+            tokens = await burst(stub, batch)
+            wall = time.perf_counter() - started
+            if tokens != SAMPLES * NEW_TOKENS:
+                raise RuntimeError(f"{side.name}: {tokens} tokens in a burst, expected {SAMPLES * NEW_TOKENS}")
+            results.append(
+                {
+                    "server_ms_per_sample": 1000 * (cpu_seconds(side.process.pid) - server_before) / SAMPLES,
+                    "client_ms_per_sample": 1000 * (time.process_time() - client_before) / SAMPLES,
+                    "wall_ms": 1000 * wall,
+                }
+            )
+    return results
+
+
+def load_stand_in(side: Side) -> None:
+    with grpc.insecure_channel(side.address) as channel:
+        for _ in tandem_pb2_grpc.TandemServiceStub(channel).LoadModel(pb.LoadModelRequest(fast_inference=False), timeout=300):
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    tandem = sub.add_parser("serve-tandem", help="(internal) one Tandem server over the stand-in engine")
+    tandem.add_argument("--source", type=Path, required=True)
+    tandem.add_argument("--loop", choices=["uvloop", "asyncio"], required=True)
+    sub.add_parser("serve-bare", help="(internal) the bare grpc.aio server")
+    parser.add_argument("--source", type=Path, action="append", help="a source tree to measure (repeatable; default this checkout)")
+    parser.add_argument("--bursts", type=int, default=10, help="timed bursts per side, kind and round (default 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over every side and kind (default 3)")
+    parser.add_argument("--out", type=Path, default=REPO / "tests/bench/results")
+    args = parser.parse_args(argv)
+    if args.command == "serve-tandem":
+        import uvloop
+
+        (uvloop.run if args.loop == "uvloop" else asyncio.run)(serve_tandem(args.source.resolve()))
+        return 0
+    if args.command == "serve-bare":
+        import uvloop
+
+        uvloop.run(serve_bare())
+        return 0
+    sources = [s.resolve() for s in (args.source or [REPO])]
+    sides = [start_side("bare", ["serve-bare"], tandem=False)]
+    try:
+        for source in sources:
+            for loop in ("uvloop", "asyncio"):
+                name = f"{source.name}:{loop}"
+                sides.append(start_side(name, ["serve-tandem", "--source", str(source), "--loop", loop], tandem=True))
+        for side in sides:
+            if side.tandem:
+                load_stand_in(side)
+        runs: dict[str, list[dict]] = {}
+        for _ in range(args.rounds):
+            for kind in KINDS:
+                for whole in WHOLE:
+                    for side in sides:
+                        if not side.tandem and not whole:
+                            continue  # the bare server answers one message whatever is asked
+                        key = f"{side.name} {kind} {'whole' if whole else 'streamed'}"
+                        runs.setdefault(key, []).extend(asyncio.run(measure(side, kind, whole, args.bursts)))
+    finally:
+        for side in sides:
+            side.process.kill()
+    medians = {key: {figure: round(statistics.median(r[figure] for r in results), 3) for figure in results[0]} for key, results in runs.items()}
+    print(f"\n{'side, kind':44} {'server ms/sample':>17} {'client ms/sample':>17} {'wall ms':>8}")
+    for key, figures in medians.items():
+        print(f"{key:44} {figures['server_ms_per_sample']:17.3f} {figures['client_ms_per_sample']:17.3f} {figures['wall_ms']:8.1f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{datetime.date.today()}-front-cost.json"
+    record = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "python": platform.python_version(), "grpcio": grpc.__version__},
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "sources": [s.name for s in sources],
+        "medians": medians,
+        "runs": runs,
+    }
+    path.write_text(json.dumps(record, indent=1))
+    print(f"\nrecord: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
