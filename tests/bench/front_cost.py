@@ -280,8 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "python": platform.python_version(), "grpcio": grpc.__version__},
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "sources": [s.name for s in sources],
+        "sources": [s.name for s in sources],  # directory names only: the record names no path of the machine
+        "bursts": args.bursts,
+        "rounds": args.rounds,
         "medians": medians,
         "runs": runs,
     }
