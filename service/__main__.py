@@ -202,8 +202,8 @@ def main() -> None:
     _start_engine_fork_server()
     from service.server import serve  # after logging is configured and the fork server started; imports torch
 
-    # uvloop, as under vLLM's own server: measured against asyncio's loop with the real server, interceptors and
-    # vLLM host over an engine that answers at once, 10-15% less CPU per Generate call (BENCHMARKS.md)
+    # uvloop, as under vLLM's own server: against asyncio's loop, with the real server, interceptors and vLLM
+    # host over an engine that answers at once, 7-13% less CPU per streamed Generate call (BENCHMARKS.md)
     uvloop.run(serve(config))
 
 
