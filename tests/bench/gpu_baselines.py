@@ -1,7 +1,8 @@
 """The GPU benchmark's baselines, each in a process of its own (gpu_bench.py starts them).
 
-    python tests/bench/gpu_baselines.py serve --engine {llm,async_llm} --cache-dir DIR --adapter-dir DIR
+    python tests/bench/gpu_baselines.py serve --engine {llm,async_llm} --cache-dir DIR --adapter-dir DIR [--fork-server]
     python tests/bench/gpu_baselines.py serve --engine peft --cache-dir DIR --adapter-dir DIR
+    python tests/bench/gpu_baselines.py serve --engine tandem_host --cache-dir DIR --adapter-dir DIR
 
 ``--engine peft``: a plain PEFT + bitsandbytes training loop on TrainStep's
 batch (forward, cross-entropy, backward, clip to 1.0, AdamW). On start it
@@ -19,6 +20,12 @@ extension) and that adapter from its directory:
   decides where the engine core runs (0: in this process, 1: a child process).
 - ``async_llm``: ``AsyncLLM`` (engine core in a child process), one ``generate()``
   per prompt, all concurrent, FINAL_ONLY outputs as Tandem's whole-sample Generate asks vLLM for them.
+  ``--fork-server``: its engine core forked from Tandem's fork server (``engine_launch.py``), as Tandem's is.
+
+And for gpu_engine_ab.py, ``tandem_host``: Tandem's ``VllmHost`` without gRPC and the controller: its
+engine process (fork server, the trainer built in vLLM's worker, the trained adapter in its pinned
+in-memory slot) and its per-sample front code, one concurrent whole-sample ``VllmHost.generate()`` per
+prompt, sampling the trained adapter as a Generate call does.
 
 Protocol: this process writes JSON lines on its standard output, the first
 ``{"event": "ready", ...}`` once the engine is up (``start_seconds``; the PEFT
@@ -41,6 +48,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import IO, Any
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +74,7 @@ MODES = ("text", "ids")
 """The vLLM engines' runs. ``text``: vLLM detokenizes, as it returns text by default; ``ids``: ``detokenize=False``."""
 TRAIN_MODES = ("train",)
 """The PEFT loop's runs: one timed training step."""
-ENGINES = ("llm", "async_llm", "peft")
+ENGINES = ("llm", "async_llm", "peft", "tandem_host")
 LORA_ID = 1
 BASELINE_OPTIONS = dataclasses.replace(vllm_backend.VllmOptions(), torch_compile=True)
 """The vLLM baselines' engine settings: Tandem's, with vLLM's default compilation and CUDA graphs."""
@@ -182,8 +190,9 @@ def serve_llm(kwargs: dict[str, Any], adapter_dir: Path, protocol: IO[str]) -> N
         llm.llm_engine.engine_core.shutdown()
 
 
-async def serve_async_llm(kwargs: dict[str, Any], adapter_dir: Path, protocol: IO[str]) -> None:
-    """One concurrent ``AsyncLLM.generate()`` per prompt per run (FINAL_ONLY outputs), until ``quit``."""
+async def serve_async_llm(kwargs: dict[str, Any], adapter_dir: Path, protocol: IO[str], fork_server: bool) -> None:
+    """One concurrent ``AsyncLLM.generate()`` per prompt per run (FINAL_ONLY outputs), until ``quit``; with
+    ``fork_server`` the engine core is forked from Tandem's fork server."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
@@ -191,34 +200,82 @@ async def serve_async_llm(kwargs: dict[str, Any], adapter_dir: Path, protocol: I
     from vllm.v1.engine.async_llm import AsyncLLM
 
     started = time.perf_counter()
+    if fork_server:
+        from service.runtime.engines import engine_launch
+
+        engine_launch.use_fork_server()
     engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
     ready = {"start_seconds": time.perf_counter() - started, **scheduling(engine.vllm_config)}
     lora = LoRARequest("bench", LORA_ID, str(adapter_dir))
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids(PROMPTS, PROMPT_TOKENS)]
     request_ids = itertools.count()
 
-    async def one(prompt, params, run_started: float) -> tuple[int, float, float]:
-        """Tokens of one request, and when its first and last outputs came (seconds into the run)."""
-        tokens, first = 0, None
+    async def token_counts(prompt, params) -> AsyncIterator[int]:
         async for output in engine.generate(prompt, params, f"bench-{next(request_ids)}", lora_request=lora):
-            if first is None:
-                first = time.perf_counter() - run_started
-            tokens += len(output.outputs[0].token_ids)
-        return tokens, first, time.perf_counter() - run_started
+            yield len(output.outputs[0].token_ids)
 
-    async def run(mode: str) -> dict:
+    def samples(mode: str) -> list[AsyncIterator[int]]:
         params = sampling_params(mode, RequestOutputKind.FINAL_ONLY)
-        run_started = time.perf_counter()
-        results = await asyncio.gather(*(one(prompt, params, run_started) for prompt in prompts))
-        result = run_result(mode, sum(r[0] for r in results), time.perf_counter() - run_started)
-        return {**result, "replies": reply_spread([r[1] for r in results], [r[2] for r in results])}
+        return [token_counts(prompt, params) for prompt in prompts]
 
     try:
-        lines = commands(protocol, ready, MODES)
-        while (mode := await asyncio.to_thread(next, lines, None)) is not None:
-            send(protocol, await run(mode))
+        await serve_concurrent_runs(protocol, ready, samples)
     finally:
         engine.shutdown()
+
+
+async def serve_tandem_host(model_dir: Path, protocol: IO[str]) -> None:
+    """One concurrent whole-sample ``VllmHost.generate()`` per prompt per run, sampling the trained adapter, until ``quit``."""
+    from service.runtime.engines.base import EngineRequest
+    from service.runtime.engines.vllm_host import VllmHost
+    from service.runtime.host_context import HostContext
+    from service.runtime.model import load_tokenizer
+    from service.runtime.specs import SamplingSpec
+
+    started = time.perf_counter()
+    context = HostContext(load_spec(), model_dir, load_tokenizer(model_dir), device_loop=None, report=lambda *_, **__: None, on_dead=lambda: None)
+    host = await VllmHost.start(context)
+    ready = {"start_seconds": time.perf_counter() - started}
+    sampling = SamplingSpec(max_tokens=NEW_TOKENS, ignore_eos=True, temperature=TEMPERATURE)
+    prompts = prompt_ids(PROMPTS, PROMPT_TOKENS)
+    request_ids = itertools.count()
+
+    async def token_counts(request: EngineRequest) -> AsyncIterator[int]:
+        async for chunks in host.generate([request]):
+            for chunk in chunks:
+                yield len(chunk.token_ids)
+
+    def samples(mode: str) -> list[AsyncIterator[int]]:
+        return [
+            token_counts(EngineRequest(f"bench-{next(request_ids)}", 0, 0, tuple(ids), sampling, adapter="", token_ids_only=mode == "ids", whole_sample=True))
+            for ids in prompts
+        ]
+
+    try:
+        await serve_concurrent_runs(protocol, ready, samples)
+    finally:
+        await host.shutdown()
+
+
+async def serve_concurrent_runs(protocol: IO[str], ready: dict, samples: Callable[[str], list[AsyncIterator[int]]]) -> None:
+    """Per ``run`` command, run ``samples(mode)`` (each yields the tokens of every output it gets) all at once and
+    answer with the tokens, the time and when the samples' first and last outputs came; until ``quit``."""
+
+    async def one(sample: AsyncIterator[int], run_started: float) -> tuple[int, float, float]:
+        tokens, first = 0, None
+        async for count in sample:
+            if first is None:
+                first = time.perf_counter() - run_started
+            tokens += count
+        return tokens, first, time.perf_counter() - run_started
+
+    lines = commands(protocol, ready, MODES)
+    while (mode := await asyncio.to_thread(next, lines, None)) is not None:
+        run_samples = samples(mode)
+        run_started = time.perf_counter()
+        results = await asyncio.gather(*(one(sample, run_started) for sample in run_samples))
+        result = run_result(mode, sum(r[0] for r in results), time.perf_counter() - run_started)
+        send(protocol, {**result, "replies": reply_spread([r[1] for r in results], [r[2] for r in results])})
 
 
 def commands(protocol: IO[str], ready: dict, modes: tuple[str, ...]):
@@ -240,19 +297,22 @@ def send(protocol: IO[str], message: dict) -> None:
     protocol.flush()
 
 
-def serve(engine: str, model_dir: Path, adapter_dir: Path) -> None:
+def serve(engine: str, model_dir: Path, adapter_dir: Path, fork_server: bool) -> None:
     """Keep the protocol on this process's standard output and send everything else printed to standard error."""
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     if engine == "peft":  # before anything that imports vLLM
         serve_peft(model_dir, adapter_dir, protocol)
         return
-    vllm_backend.configure_process()  # vLLM alone: its engine core is spawned, as vLLM starts it
+    vllm_backend.configure_process()  # as the server's start does: any process vLLM spawns is a new interpreter
+    if engine == "tandem_host":
+        asyncio.run(serve_tandem_host(model_dir, protocol))
+        return
     kwargs = baseline_engine_kwargs(model_dir)
     if engine == "llm":
         serve_llm(kwargs, adapter_dir, protocol)
     else:
-        asyncio.run(serve_async_llm(kwargs, adapter_dir, protocol))
+        asyncio.run(serve_async_llm(kwargs, adapter_dir, protocol, fork_server))
 
 
 def main() -> None:
@@ -262,9 +322,10 @@ def main() -> None:
     served.add_argument("--engine", choices=ENGINES, required=True)
     served.add_argument("--cache-dir", type=Path, required=True, help="where the built-in model is (made if missing)")
     served.add_argument("--adapter-dir", type=Path, required=True, help="the baselines' adapter (the PEFT loop saves it there)")
+    served.add_argument("--fork-server", action="store_true", help="async_llm: fork the engine core from Tandem's fork server")
     args = parser.parse_args()
     model_dir = ensure_builtin_model(MODEL, args.cache_dir)
-    serve(args.engine, model_dir, args.adapter_dir)
+    serve(args.engine, model_dir, args.adapter_dir, args.fork_server)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # the engine is shut down; skip interpreter teardown, which can hang on vLLM's threads

@@ -155,6 +155,8 @@ class Baseline:
     multiprocessing: str
     """VLLM_ENABLE_V1_MULTIPROCESSING for its process (AsyncLLM always has a child engine core)."""
     label: str
+    options: tuple[str, ...] = ()
+    """More ``gpu_baselines.py serve`` arguments."""
 
 
 BASELINES = (
@@ -492,7 +494,7 @@ class BaselineProcess:
         self.baseline = baseline
         self.log_path = logs / f"baseline-{baseline.name}.log"
         argv = [sys.executable, str(REPO / "tests/bench/gpu_baselines.py"), "serve", "--engine", baseline.engine]
-        argv += ["--cache-dir", str(cache_dir), "--adapter-dir", str(adapter_dir)]
+        argv += ["--cache-dir", str(cache_dir), "--adapter-dir", str(adapter_dir), *baseline.options]
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(
                 argv,
