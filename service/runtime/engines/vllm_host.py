@@ -99,6 +99,8 @@ class VllmHost:
         self._epoch = 0
         """Exclusive calls so far: part of every prefix-cache salt."""
         self._running = 0
+        self._streaming = 0
+        """Running samples that stream (not whole samples): what sizes a streamed sample's chunks."""
         self._dead = False
         self._memory: tuple[int, int, int] = (0, 0, 0)
         self._trained = LoRARequest(lora_name="trained", lora_int_id=TRAINED_LORA_ID, lora_path="in-memory")
@@ -202,11 +204,14 @@ class VllmHost:
     async def _sample(self, request: EngineRequest) -> AsyncIterator[SampleChunk]:
         """One sample: AsyncLLM's outputs as SampleChunks; what fails it is raised as a TandemError. Closing
         the iterator (or cancelling its task) closes AsyncLLM's generate(), which aborts the request."""
+        streamed = not request.whole_sample
         self._running += 1
+        self._streaming += streamed
         try:
             selected = self._select(request.adapter)
             prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids), cache_salt=selected.salt)
-            self._llm.output_processor.stream_interval = stream_interval(self._running)
+            if streamed:  # a whole sample sends no chunks: vLLM makes no partial outputs for it
+                self._llm.output_processor.stream_interval = stream_interval(self._streaming)
             params = sampling_params(request.sampling, request.token_ids_only, request.whole_sample)
             completion_tokens = 0
             async with aclosing(self._llm.generate(prompt, params, request.request_id, lora_request=selected.lora)) as outputs:
@@ -226,6 +231,7 @@ class VllmHost:
             raise EngineFailed(f"the vLLM engine failed this request: {type(error).__name__}: {error}") from error
         finally:
             self._running -= 1
+            self._streaming -= streamed
 
     def _select(self, selector: str) -> _Selected:
         if selector == BASE_ADAPTER:
@@ -295,7 +301,7 @@ class VllmHost:
 
 
 def stream_interval(running: int) -> int:
-    """Tokens per streamed chunk for a sample admitted while ``running`` samples run (itself included).
+    """Tokens per streamed chunk for a sample admitted while ``running`` streamed samples run (itself included).
 
     Every chunk costs Python work (a vLLM RequestOutput, a SampleChunk, a gRPC
     message) on the event loop. A sample admitted to a light load streams every
