@@ -12,8 +12,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import aclosing, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -35,23 +35,23 @@ class CallGate:
 
     Health and reflection are not counted, so probes answer under any load.
     (gRPC's own ``maximum_concurrent_rpcs`` counts every service and its
-    message does not name the limit.)
+    message does not name the limit.) ``with gate:`` holds one slot for the
+    duration of a call.
     """
 
     def __init__(self, max_concurrent_rpcs: int) -> None:
         self._limit = max_concurrent_rpcs
         self.in_flight = 0
 
-    @contextmanager
-    def enter(self) -> Iterator[None]:
-        """Hold one slot for the duration of a call; ResourceExhausted when none is free."""
+    def __enter__(self) -> None:
+        """Take a slot; ResourceExhausted when none is free."""
         if self.in_flight >= self._limit:
             raise ResourceExhausted(f"{self.in_flight} calls are running: over max_concurrent_rpcs={self._limit}; retry later")
         self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
+        """Give the slot back."""
+        self.in_flight -= 1
 
 
 class _CallOutcome:
@@ -79,8 +79,7 @@ class _CallOutcome:
 
     def finish(self) -> None:
         """Count the call."""
-        self._metrics.requests.labels(self._rpc, self.code).inc()
-        self._metrics.request_seconds.labels(self._rpc).observe(time.perf_counter() - self._started)
+        self._metrics.record_request(self._rpc, self.code, time.perf_counter() - self._started)
 
     async def __aenter__(self) -> _CallOutcome:
         return self
@@ -116,7 +115,7 @@ def _wrap_unary(metrics: Metrics, gate: CallGate, rpc: str, decode: Decoder, beh
     async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         async with _CallOutcome(metrics, rpc, context):
             request = decode(raw)
-            with gate.enter():
+            with gate:
                 return await behavior(request, context)
 
     return handle
@@ -135,7 +134,7 @@ def _wrap_stream(metrics: Metrics, gate: CallGate, rpc: str, decode: Decoder, be
     async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> None:
         async with _CallOutcome(metrics, rpc, context):
             request = decode(raw)
-            with gate.enter():
+            with gate:
                 async with aclosing(behavior(request, context)) as responses:
                     async for response in responses:
                         await context.write(response)

@@ -63,6 +63,9 @@ class Metrics:
         self.request_seconds = Histogram(
             "tandem_request_duration_seconds", "RPC latency, by method.", ["rpc"], buckets=LATENCY_BUCKETS, registry=registry
         )
+        self._request_series: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        """Each (method, status code)'s children of ``requests`` and ``request_seconds``, looked up on first use:
+        ``labels()`` checks and locks on every call, and every RPC records both."""
         self.time_to_first_token = Histogram(
             "tandem_time_to_first_token_seconds", "Generate: seconds from request to the first token (streamed calls; whole_samples calls are not counted).", buckets=LATENCY_BUCKETS, registry=registry
         )
@@ -137,6 +140,15 @@ class Metrics:
         """Read accelerator memory (allocated, reserved, total bytes) with ``read`` at scrape time."""
         for index, kind in enumerate(("allocated", "reserved", "total")):
             self.gpu_memory.labels(kind).set_function(lambda i=index: read()[i])
+
+    def record_request(self, rpc: str, code: str, seconds: float) -> None:
+        """Count one finished RPC of method ``rpc`` with status ``code``, and its latency."""
+        series = self._request_series.get((rpc, code))
+        if series is None:
+            series = self._request_series[rpc, code] = (self.requests.labels(rpc, code), self.request_seconds.labels(rpc))
+        count, latency = series
+        count.inc()
+        latency.observe(seconds)
 
     def record_generated(self, tokens: int) -> None:
         """Count generated tokens."""
