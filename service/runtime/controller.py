@@ -45,6 +45,7 @@ from service.runtime.specs import (
     ModelDescription,
     RestoredAdapter,
     SampleChunk,
+    SamplingSpec,
     StepOutcome,
     TokenizedText,
     TokenizeSpec,
@@ -275,24 +276,7 @@ class Controller:
             if spec.min_adapter_version is not None:
                 await self._wait_for_version(host, spec.min_adapter_version, spec.time_remaining)
             pinned = await self._pin_saved_adapter(host, spec.adapter)
-            call_id = next(self._call_ids)
-            seed = spec.sampling.seed
-            # sample s of every prompt samples with seed + s: one SamplingSpec per sample index, shared by the prompts
-            per_sample = [replace(spec.sampling, n=1, seed=None if seed is None else (seed + s) % 2**63) for s in range(spec.sampling.n)]
-            requests = [
-                EngineRequest(
-                    request_id=f"{call_id}-{p}-{s}",
-                    prompt_index=p,
-                    sample_index=s,
-                    prompt_ids=tuple(ids),
-                    sampling=sampling,
-                    adapter=spec.adapter,
-                    token_ids_only=spec.token_ids_only,
-                    whole_sample=spec.whole_samples,
-                )
-                for p, ids in enumerate(prompts)
-                for s, sampling in enumerate(per_sample)
-            ]
+            requests = _engine_requests(next(self._call_ids), spec, prompts)
             started = time.perf_counter()
             first_token = not spec.whole_samples  # a whole sample's first token is not seen apart
             whole = WholeSamples() if spec.whole_samples else None
@@ -439,6 +423,33 @@ class Controller:
         """Text of token id lists with the loaded model's tokenizer, in a worker thread (no device work)."""
         host = self._require_host()
         return await asyncio.to_thread(detokenize, spec, host.tokenizer, host.bounds, self._config.limits)
+
+
+def _engine_requests(call_id: int, spec: GenerateSpec, prompts: list[list[int]]) -> list[EngineRequest]:
+    """One EngineRequest per prompt and sample index, prompt by prompt."""
+    per_sample = _per_sample(spec.sampling)
+    return [
+        EngineRequest(
+            request_id=f"{call_id}-{p}-{s}",
+            prompt_index=p,
+            sample_index=s,
+            prompt_ids=tuple(ids),
+            sampling=sampling,
+            adapter=spec.adapter,
+            token_ids_only=spec.token_ids_only,
+            whole_sample=spec.whole_samples,
+        )
+        for p, ids in enumerate(prompts)
+        for s, sampling in enumerate(per_sample)
+    ]
+
+
+def _per_sample(sampling: SamplingSpec) -> list[SamplingSpec]:
+    """One SamplingSpec per sample index, shared by the prompts: n is 1, and sample s seeds with (seed + s) mod 2**63."""
+    seed = sampling.seed
+    if sampling.n == 1 and (seed is None or 0 <= seed < 2**63):
+        return [sampling]  # already sample 0's own: no copy
+    return [replace(sampling, n=1, seed=None if seed is None else (seed + s) % 2**63) for s in range(sampling.n)]
 
 
 class _PinnedAdapter(NamedTuple):
