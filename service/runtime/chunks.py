@@ -10,46 +10,50 @@ tokens per message instead of falling further behind.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
+from itertools import chain
 
 from service.runtime.specs import SampleChunk
 
 
-def merge(earlier: SampleChunk, later: SampleChunk) -> SampleChunk:
-    """One chunk with both chunks' output; counts and finish reason are the later one's."""
-    return replace(
-        later,
-        token_ids=earlier.token_ids + later.token_ids,
-        text=earlier.text + later.text,
-        logprobs=earlier.logprobs + later.logprobs,
+def join(chunks: list[SampleChunk]) -> SampleChunk:
+    """One chunk with the output of ``chunks`` (one sample's, in order); counts and finish reason are the last one's."""
+    last = chunks[-1]
+    return SampleChunk(
+        prompt_index=last.prompt_index,
+        sample_index=last.sample_index,
+        token_ids=tuple(chain.from_iterable(c.token_ids for c in chunks)),
+        text="".join([c.text for c in chunks]),
+        logprobs=tuple(chain.from_iterable(c.logprobs for c in chunks)),
+        finish_reason=last.finish_reason,
+        prompt_tokens=last.prompt_tokens,
+        completion_tokens=last.completion_tokens,
+        adapter_version=last.adapter_version,
     )
 
 
 def coalesce(chunks: list[SampleChunk]) -> list[SampleChunk]:
     """Merge chunks of the same sample, keeping each sample's first position and its order."""
-    merged: dict[tuple[int, int], SampleChunk] = {}
+    samples: dict[tuple[int, int], list[SampleChunk]] = {}
     for chunk in chunks:
-        key = (chunk.prompt_index, chunk.sample_index)
-        merged[key] = merge(merged[key], chunk) if key in merged else chunk
-    return list(merged.values())
+        samples.setdefault((chunk.prompt_index, chunk.sample_index), []).append(chunk)
+    return [parts[0] if len(parts) == 1 else join(parts) for parts in samples.values()]
 
 
 class WholeSamples:
-    """Joins each sample's chunks and lets the sample out once, whole, when it finishes (Generate's
+    """Keeps each sample's chunks and lets the sample out once, joined, when it finishes (Generate's
     ``whole_samples``). An engine that already sends only finished samples passes straight through."""
 
     def __init__(self) -> None:
-        self._partial: dict[tuple[int, int], SampleChunk] = {}
+        self._partial: dict[tuple[int, int], list[SampleChunk]] = {}
 
     def add(self, chunk: SampleChunk) -> SampleChunk | None:
-        """The whole sample when ``chunk`` finishes it, else None (the chunk is kept)."""
+        """The whole sample when ``chunk`` finishes it, else None (the chunk is kept, to be joined once at the end)."""
         key = (chunk.prompt_index, chunk.sample_index)
-        earlier = self._partial.pop(key, None)
-        joined = chunk if earlier is None else merge(earlier, chunk)
-        if joined.finish_reason is None:
-            self._partial[key] = joined
+        if chunk.finish_reason is None:
+            self._partial.setdefault(key, []).append(chunk)
             return None
-        return joined
+        earlier = self._partial.pop(key, None)
+        return chunk if earlier is None else join([*earlier, chunk])
 
 
 def take_ready(queue: asyncio.Queue, first: SampleChunk | BaseException) -> tuple[list[SampleChunk], BaseException | None]:
