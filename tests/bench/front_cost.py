@@ -14,7 +14,9 @@ Sides, each a server process of its own, their bursts alternated in rounds:
 
 - every ``--source`` tree (default: this checkout; another commit: ``git worktree add DIR COMMIT``)
   on uvloop, as ``python -m service`` runs, and on asyncio's own loop;
-- ``bare``: a grpc.aio server on uvloop whose Generate writes one response per prompt: gRPC's own floor.
+- ``bare``: a grpc.aio server on uvloop whose Generate writes one response per prompt: gRPC's own floor;
+- ``bare-unary``: the same server's unary method answering one prompt with one response (256-RPC bursts
+  only): what a unary whole-sample RPC would cost gRPC, against a one-message stream.
 
 A burst is 256 concurrent Generate RPCs of one 128-token prompt (``many``) or one RPC of 256 prompts
 (``one_rpc``), streamed or asking for whole samples, sent by a grpc.aio client in this process, as
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
 import os
@@ -142,16 +145,30 @@ async def serve_tandem(source: Path) -> None:
     await asyncio.Event().wait()
 
 
+UNARY_METHOD = "/tandem.bench.Bare/GenerateUnary"
+"""The bare server's unary method (not part of Tandem's API)."""
+
+
+def bare_response(index: int) -> pb.GenerateResponse:
+    return pb.GenerateResponse(prompt_index=index, token_ids=list(range(NEW_TOKENS)), finish_reason=pb.FINISH_REASON_LENGTH)
+
+
 async def serve_bare() -> None:
-    """A grpc.aio server whose Generate writes one 256-token response per prompt: what gRPC alone costs."""
+    """A grpc.aio server whose Generate writes one 256-token response per prompt, and whose unary method
+    (UNARY_METHOD) answers a one-prompt request with one such response: what gRPC alone costs."""
 
     class Bare(tandem_pb2_grpc.TandemServiceServicer):
         async def Generate(self, request, context):
             for index in range(len(request.prompts)):
-                await context.write(pb.GenerateResponse(prompt_index=index, token_ids=list(range(NEW_TOKENS)), finish_reason=pb.FINISH_REASON_LENGTH))
+                await context.write(bare_response(index))
 
+    async def generate_unary(request: pb.GenerateRequest, context) -> pb.GenerateResponse:
+        return bare_response(0)
+
+    unary = grpc.unary_unary_rpc_method_handler(generate_unary, request_deserializer=pb.GenerateRequest.FromString, response_serializer=pb.GenerateResponse.SerializeToString)
     server = grpc.aio.server()
     tandem_pb2_grpc.add_TandemServiceServicer_to_server(Bare(), server)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(UNARY_METHOD.split("/")[1], {"GenerateUnary": unary}),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(f"PORT {port}", flush=True)
@@ -169,6 +186,8 @@ class Side:
     process: subprocess.Popen
     address: str
     tandem: bool
+    unary: bool = False
+    """Calls go to the bare server's UNARY_METHOD instead of Generate."""
 
 
 def start_side(name: str, command: list[str], tandem: bool) -> Side:
@@ -191,11 +210,26 @@ def requests(kind: str, whole: bool) -> list[pb.GenerateRequest]:
     return [pb.GenerateRequest(prompts=group, sampling=sampling, whole_samples=whole) for group in groups]
 
 
-async def burst(stub, batch: list[pb.GenerateRequest]) -> int:
+async def burst(call, batch: list[pb.GenerateRequest]) -> int:
+    """All of ``batch`` at once through ``call`` (a request -> tokens coroutine); the tokens that came back."""
+    return sum(await asyncio.gather(*(call(r) for r in batch)))
+
+
+def caller(side: Side, channel: grpc.aio.Channel):
+    """A request -> tokens coroutine for ``side``: Generate, or the bare server's unary method."""
+    if side.unary:
+        unary = channel.unary_unary(UNARY_METHOD, request_serializer=pb.GenerateRequest.SerializeToString, response_deserializer=pb.GenerateResponse.FromString)
+
+        async def call(request: pb.GenerateRequest) -> int:
+            return len((await unary(request, timeout=60)).token_ids)
+
+        return call
+    stub = tandem_pb2_grpc.TandemServiceStub(channel)
+
     async def call(request: pb.GenerateRequest) -> int:
         return sum([len(reply.token_ids) async for reply in stub.Generate(request, timeout=60)])
 
-    return sum(await asyncio.gather(*(call(r) for r in batch)))
+    return call
 
 
 async def measure(side: Side, kind: str, whole: bool, bursts: int) -> list[dict]:
@@ -203,11 +237,11 @@ async def measure(side: Side, kind: str, whole: bool, bursts: int) -> list[dict]
     batch = requests(kind, whole)
     results = []
     async with grpc.aio.insecure_channel(side.address) as channel:
-        stub = tandem_pb2_grpc.TandemServiceStub(channel)
-        await burst(stub, batch)
+        call = caller(side, channel)
+        await burst(call, batch)
         for _ in range(bursts):
             server_before, client_before, started = cpu_seconds(side.process.pid), time.process_time(), time.perf_counter()
-            tokens = await burst(stub, batch)
+            tokens = await burst(call, batch)
             wall = time.perf_counter() - started
             if tokens != SAMPLES * NEW_TOKENS:
                 raise RuntimeError(f"{side.name}: {tokens} tokens in a burst, expected {SAMPLES * NEW_TOKENS}")
@@ -251,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sources = [s.resolve() for s in (args.source or [REPO])]
     sides = [start_side("bare", ["serve-bare"], tandem=False)]
+    sides.append(dataclasses.replace(sides[0], name="bare-unary", unary=True))  # the same server, its unary method
     try:
         for source in sources:
             for loop in ("uvloop", "asyncio"):
@@ -266,11 +301,13 @@ def main(argv: list[str] | None = None) -> int:
                     for side in sides:
                         if not side.tandem and not whole:
                             continue  # the bare server answers one message whatever is asked
+                        if side.unary and kind != "many":
+                            continue  # one response per call: only calls of one prompt
                         key = f"{side.name} {kind} {'whole' if whole else 'streamed'}"
                         runs.setdefault(key, []).extend(asyncio.run(measure(side, kind, whole, args.bursts)))
     finally:
         for side in sides:
-            side.process.kill()
+            side.process.kill()  # the two bare sides share one process: killing it twice is harmless
     medians = {key: {figure: round(statistics.median(r[figure] for r in results), 3) for figure in results[0]} for key, results in runs.items()}
     print(f"\n{'side, kind':44} {'server ms/sample':>17} {'client ms/sample':>17} {'wall ms':>8}")
     for key, figures in medians.items():
