@@ -101,7 +101,7 @@ def install_stand_in_vllm() -> type:
         "vllm": {"SamplingParams": SamplingParams},
         "vllm.engine": {},
         "vllm.engine.arg_utils": {"AsyncEngineArgs": dict},
-        "vllm.inputs": {"TokensPrompt": dict},
+        "vllm.inputs": {"tokens_input": lambda ids, cache_salt=None: {"type": "token", "prompt_token_ids": ids, "cache_salt": cache_salt}},
         "vllm.lora": {},
         "vllm.lora.request": {"LoRARequest": LoRARequest},
         "vllm.sampling_params": {"RequestOutputKind": RequestOutputKind},

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.inputs import TokensPrompt
+from vllm.inputs import tokens_input
 from vllm.lora.request import LoRARequest
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -209,7 +209,7 @@ class VllmHost:
         self._streaming += streamed
         try:
             selected = self._select(request.adapter)
-            prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids), cache_salt=selected.salt)
+            prompt = tokens_input(list(request.prompt_ids), cache_salt=selected.salt)  # as rendered: no preprocessing
             if streamed:  # a whole sample sends no chunks: vLLM makes no partial outputs for it
                 self._llm.output_processor.stream_interval = stream_interval(self._streaming)
             params = sampling_params(request.sampling, request.token_ids_only, request.whole_sample)
@@ -315,7 +315,8 @@ def stream_interval(running: int) -> int:
 
 def sampling_params(spec: SamplingSpec, token_ids_only: bool = False, whole_sample: bool = False) -> SamplingParams:
     """vLLM's SamplingParams for one sample: streaming deltas, or only the finished sample for ``whole_sample``
-    (vLLM then makes no partial outputs); no detokenization for ``token_ids_only``."""
+    (vLLM then makes no partial outputs); no detokenization for ``token_ids_only``. Made for this one sample, so
+    vLLM may take it without the deep copy it makes of a shared one (``skip_clone``, as vLLM's own server does)."""
     return SamplingParams(
         n=1,
         temperature=spec.temperature,
@@ -330,6 +331,7 @@ def sampling_params(spec: SamplingSpec, token_ids_only: bool = False, whole_samp
         ignore_eos=spec.ignore_eos,
         detokenize=not token_ids_only,
         output_kind=RequestOutputKind.FINAL_ONLY if whole_sample else RequestOutputKind.DELTA,
+        skip_clone=True,
     )
 
 
