@@ -1,6 +1,6 @@
 """What the server process spends per Generate call, apart from the engine (a CPU diagnostic).
 
-    python tests/bench/front_cost.py [--bursts 10] [--rounds 3] [--source DIR ...] [--out DIR]
+    python tests/bench/front_cost.py [--bursts 10] [--rounds 3] [--hold-ms 0] [--source DIR ...] [--out DIR]
 
 The GPU benchmark (gpu_bench.py) cannot tell the front process's per-call cost from the engine's
 step. This program measures it on any machine: the real gRPC server (``service.server.start_server``:
@@ -8,7 +8,9 @@ interceptors, servicer, controller) and the real ``VllmHost`` of each source tre
 stand-in for vLLM's ``AsyncLLM`` that answers each request at once with 256 tokens, in three DELTA
 outputs (what vLLM's output processor sends for a 256-token sample at 256 running samples, stream
 interval 128) or, for FINAL_ONLY, one. The stand-in is the only part that is not real; without a
-GPU there is no vLLM to run.
+GPU there is no vLLM to run. The text of each sample's last output ends with the moment (CLOCK_MONOTONIC,
+one clock for every process of the machine) the stand-in took the sample in: that is when vLLM would
+have admitted it, and a GPU run's samples can finish no sooner than the last admission allows.
 
 Sides, each a server process of its own, their bursts alternated in rounds:
 
@@ -21,7 +23,9 @@ Sides, each a server process of its own, their bursts alternated in rounds:
 A burst is 256 concurrent Generate RPCs of one 128-token prompt (``many``) or one RPC of 256 prompts
 (``one_rpc``), streamed or asking for whole samples, sent by a grpc.aio client in this process, as
 the GPU benchmark's client sends them. Per side and kind: medians over the bursts of the server
-process's CPU per sample, this client's CPU per sample and the burst's wall time. Writes
+process's CPU per sample, this client's CPU per sample, the burst's wall time and when the median and
+the last sample reached the engine (ms from the burst's start; the bare servers stamp their handler's
+start). Writes
 ``<date>-front-cost.json`` under ``--out``.
 """
 
@@ -51,6 +55,11 @@ from tandem.v1 import tandem_pb2 as pb  # noqa: E402
 from tandem.v1 import tandem_pb2_grpc  # noqa: E402
 
 SAMPLES, PROMPT_TOKENS, NEW_TOKENS = 256, 128, 256
+HOLD_ENV = "FRONT_COST_HOLD_MS"
+"""``--hold-ms``, as the server processes read it."""
+STAMP_CHARS = 17
+"""A sample's admission moment, ``f"{time.monotonic():17.6f}"``, at the end of its last output's text (a
+streamed reply that merges chunks still ends with it)."""
 STREAMED_OUTPUTS = 3
 """DELTA outputs per sample: the first token, then one per stream interval (128 at 256 running), then the rest."""
 KINDS = ("many", "one_rpc")
@@ -86,12 +95,15 @@ def install_stand_in_vllm() -> type:
             self.output_processor = types.SimpleNamespace(stream_interval=1)
 
         async def generate(self, prompt, params, request_id, lora_request=None):
+            admitted = stamp()
+            await hold()
             outputs = 1 if params.output_kind == RequestOutputKind.FINAL_ONLY else STREAMED_OUTPUTS
             sizes = [1] * (outputs - 1) + [NEW_TOKENS - (outputs - 1)] if outputs > 1 else [NEW_TOKENS]
             for index, size in enumerate(sizes):
                 await asyncio.sleep(0)
                 last = index == len(sizes) - 1
-                completion = Completion(token_ids=list(range(size)), text="" if not params.detokenize else "x" * size, logprobs=None, finish_reason="length" if last else None)
+                text = (admitted if last else "").rjust(size, "x")
+                completion = Completion(token_ids=list(range(size)), text=text, logprobs=None, finish_reason="length" if last else None)
                 yield types.SimpleNamespace(outputs=[completion], finished=last)
 
         def shutdown(self) -> None:
@@ -149,8 +161,21 @@ UNARY_METHOD = "/tandem.bench.Bare/GenerateUnary"
 """The bare server's unary method (not part of Tandem's API)."""
 
 
-def bare_response(index: int) -> pb.GenerateResponse:
-    return pb.GenerateResponse(prompt_index=index, token_ids=list(range(NEW_TOKENS)), finish_reason=pb.FINISH_REASON_LENGTH)
+async def hold() -> None:
+    """Keep a sample ``--hold-ms`` before its outputs, as a GPU would decode it: the replies then come after
+    the burst's admissions, not among them."""
+    milliseconds = float(os.environ.get(HOLD_ENV, "0"))
+    if milliseconds:
+        await asyncio.sleep(milliseconds / 1000)
+
+
+def stamp() -> str:
+    """Now on CLOCK_MONOTONIC, as the end of a last output's text (STAMP_CHARS)."""
+    return f"{time.monotonic():{STAMP_CHARS}.6f}"
+
+
+def bare_response(index: int, admitted: str) -> pb.GenerateResponse:
+    return pb.GenerateResponse(prompt_index=index, token_ids=list(range(NEW_TOKENS)), text=admitted.rjust(NEW_TOKENS, "x"), finish_reason=pb.FINISH_REASON_LENGTH)
 
 
 async def serve_bare() -> None:
@@ -159,11 +184,15 @@ async def serve_bare() -> None:
 
     class Bare(tandem_pb2_grpc.TandemServiceServicer):
         async def Generate(self, request, context):
+            admitted = stamp()
+            await hold()
             for index in range(len(request.prompts)):
-                await context.write(bare_response(index))
+                await context.write(bare_response(index, admitted))
 
     async def generate_unary(request: pb.GenerateRequest, context) -> pb.GenerateResponse:
-        return bare_response(0)
+        admitted = stamp()
+        await hold()
+        return bare_response(0, admitted)
 
     unary = grpc.unary_unary_rpc_method_handler(generate_unary, request_deserializer=pb.GenerateRequest.FromString, response_serializer=pb.GenerateResponse.SerializeToString)
     server = grpc.aio.server()
@@ -210,24 +239,29 @@ def requests(kind: str, whole: bool) -> list[pb.GenerateRequest]:
     return [pb.GenerateRequest(prompts=group, sampling=sampling, whole_samples=whole) for group in groups]
 
 
-async def burst(call, batch: list[pb.GenerateRequest]) -> int:
-    """All of ``batch`` at once through ``call`` (a request -> tokens coroutine); the tokens that came back."""
-    return sum(await asyncio.gather(*(call(r) for r in batch)))
+async def burst(call, batch: list[pb.GenerateRequest]) -> tuple[int, list[float]]:
+    """All of ``batch`` at once through ``call`` (a request -> replies coroutine): the tokens that came back and
+    each sample's admission moment."""
+    tokens, admitted = 0, []
+    for replies in await asyncio.gather(*(call(r) for r in batch)):
+        tokens += sum(len(reply.token_ids) for reply in replies)
+        admitted += [float(reply.text[-STAMP_CHARS:]) for reply in replies if reply.finish_reason]
+    return tokens, admitted
 
 
 def caller(side: Side, channel: grpc.aio.Channel):
-    """A request -> tokens coroutine for ``side``: Generate, or the bare server's unary method."""
+    """A request -> replies coroutine for ``side``: Generate, or the bare server's unary method."""
     if side.unary:
         unary = channel.unary_unary(UNARY_METHOD, request_serializer=pb.GenerateRequest.SerializeToString, response_deserializer=pb.GenerateResponse.FromString)
 
-        async def call(request: pb.GenerateRequest) -> int:
-            return len((await unary(request, timeout=60)).token_ids)
+        async def call(request: pb.GenerateRequest) -> list[pb.GenerateResponse]:
+            return [await unary(request, timeout=60)]
 
         return call
     stub = tandem_pb2_grpc.TandemServiceStub(channel)
 
-    async def call(request: pb.GenerateRequest) -> int:
-        return sum([len(reply.token_ids) async for reply in stub.Generate(request, timeout=60)])
+    async def call(request: pb.GenerateRequest) -> list[pb.GenerateResponse]:
+        return [reply async for reply in stub.Generate(request, timeout=60)]
 
     return call
 
@@ -240,16 +274,19 @@ async def measure(side: Side, kind: str, whole: bool, bursts: int) -> list[dict]
         call = caller(side, channel)
         await burst(call, batch)
         for _ in range(bursts):
-            server_before, client_before, started = cpu_seconds(side.process.pid), time.process_time(), time.perf_counter()
-            tokens = await burst(call, batch)
-            wall = time.perf_counter() - started
-            if tokens != SAMPLES * NEW_TOKENS:
-                raise RuntimeError(f"{side.name}: {tokens} tokens in a burst, expected {SAMPLES * NEW_TOKENS}")
+            server_before, client_before, started = cpu_seconds(side.process.pid), time.process_time(), time.monotonic()
+            tokens, admitted = await burst(call, batch)
+            wall = time.monotonic() - started
+            if tokens != SAMPLES * NEW_TOKENS or len(admitted) != SAMPLES:
+                raise RuntimeError(f"{side.name}: {tokens} tokens and {len(admitted)} samples in a burst, expected {SAMPLES * NEW_TOKENS} and {SAMPLES}")
+            admitted_ms = sorted(1000 * (moment - started) for moment in admitted)
             results.append(
                 {
                     "server_ms_per_sample": 1000 * (cpu_seconds(side.process.pid) - server_before) / SAMPLES,
                     "client_ms_per_sample": 1000 * (time.process_time() - client_before) / SAMPLES,
                     "wall_ms": 1000 * wall,
+                    "admitted_p50_ms": admitted_ms[SAMPLES // 2],
+                    "admitted_last_ms": admitted_ms[-1],
                 }
             )
     return results
@@ -271,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, action="append", help="a source tree to measure (repeatable; default this checkout)")
     parser.add_argument("--bursts", type=int, default=10, help="timed bursts per side, kind and round (default 10)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over every side and kind (default 3)")
+    parser.add_argument("--hold-ms", type=float, default=0.0, help="how long the engines keep each sample before answering (default 0: at once)")
     parser.add_argument("--out", type=Path, default=REPO / "tests/bench/results")
     args = parser.parse_args(argv)
     if args.command == "serve-tandem":
@@ -284,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.run(serve_bare())
         return 0
     sources = [s.resolve() for s in (args.source or [REPO])]
+    os.environ[HOLD_ENV] = str(args.hold_ms)  # the server processes inherit it
     sides = [start_side("bare", ["serve-bare"], tandem=False)]
     sides.append(dataclasses.replace(sides[0], name="bare-unary", unary=True))  # the same server, its unary method
     try:
@@ -309,9 +348,10 @@ def main(argv: list[str] | None = None) -> int:
         for side in sides:
             side.process.kill()  # the two bare sides share one process: killing it twice is harmless
     medians = {key: {figure: round(statistics.median(r[figure] for r in results), 3) for figure in results[0]} for key, results in runs.items()}
-    print(f"\n{'side, kind':44} {'server ms/sample':>17} {'client ms/sample':>17} {'wall ms':>8}")
-    for key, figures in medians.items():
-        print(f"{key:44} {figures['server_ms_per_sample']:17.3f} {figures['client_ms_per_sample']:17.3f} {figures['wall_ms']:8.1f}")
+    print(f"\n{'side, kind':44} {'server ms/sample':>17} {'client ms/sample':>17} {'wall ms':>8} {'admitted p50, last ms':>22}")
+    for key, f in medians.items():
+        admitted = f"{f['admitted_p50_ms']:.1f}, {f['admitted_last_ms']:.1f}"
+        print(f"{key:44} {f['server_ms_per_sample']:17.3f} {f['client_ms_per_sample']:17.3f} {f['wall_ms']:8.1f} {admitted:>22}")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{datetime.date.today()}-front-cost.json"
     record = {
@@ -319,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "python": platform.python_version(), "grpcio": grpc.__version__},
         "sources": [s.name for s in sources],  # directory names only: the record names no path of the machine
         "bursts": args.bursts,
+        "hold_ms": args.hold_ms,
         "rounds": args.rounds,
         "medians": medians,
         "runs": runs,
