@@ -8,6 +8,8 @@ fields, and sets it (``vllm_host.sampling_params``). Needs vLLM installed (nothi
 prints the best of five ``timeit`` repeats per operation, in microseconds.
 """
 
+from __future__ import annotations
+
 import timeit
 
 from vllm import SamplingParams
@@ -19,7 +21,9 @@ def make(skip: bool) -> SamplingParams:
     return SamplingParams(n=1, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, max_tokens=256, stop=[], stop_token_ids=[], seed=None,
                           logprobs=None, ignore_eos=True, detokenize=True, output_kind=RequestOutputKind.FINAL_ONLY, skip_clone=skip)
 
+
 def main() -> None:
+    """Print the three timings."""
     n = 20000
     for label, stmt in [("construct", lambda: make(False)), ("deepcopy (clone, shared params)", make(False).clone), ("shallow (clone, skip_clone)", make(True).clone)]:
         best = min(timeit.repeat(stmt, number=n, repeat=5)) / n
